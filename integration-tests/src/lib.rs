@@ -1,0 +1,487 @@
+//! Whole-cluster test harness: starts gitcluster binaries (built by `cargo build --bins`)
+//! on free loopback ports with temp dirs and a fresh database, and can kill, pause or
+//! restart any member. Nothing here is a mock: tests talk to real Postgres, real `git`
+//! and our real binaries.
+//!
+//! Every member logs JSON to a file in the cluster's temp dir. When a `Cluster` is
+//! dropped at the end of a passing test, those logs are scanned and the test fails on
+//! any ERROR line it did not declare with `Cluster::expect_error`.
+
+#![allow(clippy::disallowed_methods)] // tests may block their own thread on child processes
+
+pub mod db;
+pub mod git;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub use db::TestDb;
+
+/// How long `eventually!` keeps trying: `GITCLUSTER_TEST_PATIENCE_SECS`, default 60.
+pub fn patience() -> Duration {
+    let secs = std::env::var("GITCLUSTER_TEST_PATIENCE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
+
+/// Retries an async block returning `anyhow::Result<T>` until it succeeds or the
+/// patience runs out; then panics with the last error.
+#[macro_export]
+macro_rules! eventually {
+    ($what:expr, $body:expr) => {
+        $crate::eventually_impl($what, || async { $body }).await
+    };
+}
+
+#[doc(hidden)]
+pub async fn eventually_impl<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience();
+    let mut delay = Duration::from_millis(20);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                panic!("eventually {what}: gave up after {:?}: {e:#}", patience())
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+/// A free loopback port. There is a small window between probing and use; the
+/// harness retries a member whose port was taken.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Directory holding the built binaries: `GITCLUSTER_BIN_DIR`, or the profile dir
+/// this test binary was built into (`target/<profile>/deps/<test>` → `target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("GITCLUSTER_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of one of our binaries; panics with the command to run when it is missing.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --bins` first (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A cluster member: one of our binaries running as a child process.
+#[derive(Debug)]
+pub struct Member {
+    /// Name used in log file names and messages, for example `storage-1`.
+    pub name: String,
+    binary: PathBuf,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Address of its admin port (`/healthz`, `/metrics`).
+    pub metrics_addr: SocketAddr,
+}
+
+impl Member {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open member log");
+        let child = Command::new(&self.binary)
+            .args(&self.args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.log.parent().expect("log dir"))
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", std::env::var("GITCLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary.display()));
+        self.child = Some(child);
+    }
+
+    /// Process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            // SAFETY-free: `kill(1)` from procps keeps this crate free of unsafe code.
+            let status = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -{sig} {pid} failed");
+        }
+    }
+
+    /// SIGKILL and reap: a crash, not a shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status (a graceful shutdown).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut c = self.child.take().expect("member is running");
+        c.wait().expect("wait for member")
+    }
+
+    /// SIGSTOP: the process hangs without closing its sockets.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Kills the member if running and starts it again with the same arguments.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// Waits until `/healthz` answers 200, failing early if the process exited.
+    pub async fn wait_ready(&mut self) {
+        let name = self.name.clone();
+        let addr = self.metrics_addr;
+        let deadline = tokio::time::Instant::now() + patience();
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                panic!("{name} exited during start-up with {status}; log:\n{log}");
+            }
+            if let Ok((200, _)) = http_get(addr, "/healthz").await {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{name} not ready at {addr}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The member's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Minimal HTTP/1.0 GET for admin endpoints: `(status, body)`.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("malformed response: {text:?}"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Sum of a Prometheus counter over the series whose labels contain every `label="value"`.
+pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Builder for `Cluster`.
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    storages: usize,
+    gateway: bool,
+    database: bool,
+    token: String,
+    gateway_auth: Option<String>,
+    push_to_create: bool,
+}
+
+impl ClusterBuilder {
+    /// Number of storage nodes (each serves one storage named `gitaly-<n>`).
+    pub fn storages(mut self, n: usize) -> Self {
+        self.storages = n;
+        self
+    }
+    /// Also start a gateway pointed at storage node 1.
+    pub fn gateway(mut self) -> Self {
+        self.gateway = true;
+        self
+    }
+    /// Require client credentials at the gateway.
+    pub fn gateway_auth(mut self, token: &str) -> Self {
+        self.gateway_auth = Some(token.to_owned());
+        self
+    }
+    /// Turn push-to-create off at the gateway.
+    pub fn no_push_to_create(mut self) -> Self {
+        self.push_to_create = false;
+        self
+    }
+    /// Create a fresh, migrated database for the cluster.
+    pub fn database(mut self) -> Self {
+        self.database = true;
+        self
+    }
+
+    /// Starts every member and waits until each is ready.
+    pub async fn start(self) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("gitcluster-it-").tempdir().expect("temp dir");
+        let db = if self.database { Some(TestDb::create(true).await) } else { None };
+        let mut cluster = Cluster {
+            storages: Vec::new(),
+            gateway: None,
+            db,
+            token: self.token.clone(),
+            expected_errors: Vec::new(),
+            dir,
+        };
+        for i in 0..self.storages {
+            cluster.start_storage(i).await;
+        }
+        if self.gateway {
+            let port = free_port();
+            let metrics = free_port();
+            let mut env = BTreeMap::new();
+            env.insert("GITCLUSTER_GATEWAY_UPSTREAM_TOKEN".into(), self.token.clone());
+            if let Some(t) = &self.gateway_auth {
+                env.insert("GITCLUSTER_GATEWAY_AUTH_TOKEN".into(), t.clone());
+            }
+            let upstream = cluster.storages.first().map(|s| s.address.clone()).expect("a storage node");
+            let mut m = Member {
+                name: "gateway".into(),
+                binary: binary("gitcluster-gateway"),
+                args: vec![
+                    format!("--listen=127.0.0.1:{port}"),
+                    format!("--metrics-listen=127.0.0.1:{metrics}"),
+                    format!("--upstream={upstream}"),
+                    format!("--push-to-create={}", self.push_to_create),
+                ],
+                env,
+                log: cluster.dir.path().join("gateway.log"),
+                child: None,
+                metrics_addr: ([127, 0, 0, 1], metrics).into(),
+            };
+            m.spawn();
+            m.wait_ready().await;
+            cluster.gateway = Some(Gateway {
+                url: format!("http://127.0.0.1:{port}"),
+                member: m,
+            });
+        }
+        cluster
+    }
+}
+
+/// A storage node member and what a test needs to reach it.
+#[derive(Debug)]
+pub struct StorageNode {
+    /// The process.
+    pub member: Member,
+    /// gRPC address, `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// Name of the one storage it serves.
+    pub storage: String,
+    /// Directory of that storage.
+    pub root: PathBuf,
+}
+
+/// The gateway member.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The process.
+    pub member: Member,
+    /// Base URL, `http://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+/// A running cluster of our binaries. Dropping it kills every member and checks logs.
+pub struct Cluster {
+    /// Storage nodes, in start order.
+    pub storages: Vec<StorageNode>,
+    /// The gateway, when started.
+    pub gateway: Option<Gateway>,
+    /// The cluster's database, when requested.
+    pub db: Option<TestDb>,
+    /// Internal token shared by the cluster.
+    pub token: String,
+    expected_errors: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A builder with one storage node and nothing else.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            storages: 1,
+            gateway: false,
+            database: false,
+            token: format!("internal-{}", uuid::Uuid::new_v4().simple()),
+            gateway_auth: None,
+            push_to_create: true,
+        }
+    }
+
+    async fn start_storage(&mut self, i: usize) {
+        let name = format!("gitaly-{}", i + 1);
+        let root = self.dir.path().join(&name);
+        let port = free_port();
+        let metrics = free_port();
+        let mut env = BTreeMap::new();
+        env.insert("GITCLUSTER_STORAGE_TOKEN".into(), self.token.clone());
+        let mut member = Member {
+            name: format!("storage-{}", i + 1),
+            binary: binary("gitcluster-storage"),
+            args: vec![
+                format!("--listen=127.0.0.1:{port}"),
+                format!("--metrics-listen=127.0.0.1:{metrics}"),
+                format!("--storage={name}={}", root.display()),
+            ],
+            env,
+            log: self.dir.path().join(format!("storage-{}.log", i + 1)),
+            child: None,
+            metrics_addr: ([127, 0, 0, 1], metrics).into(),
+        };
+        member.spawn();
+        member.wait_ready().await;
+        self.storages.push(StorageNode {
+            member,
+            address: format!("http://127.0.0.1:{port}"),
+            storage: name,
+            root,
+        });
+    }
+
+    /// The cluster's temp dir (logs, storages, scratch space for tests).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The gateway's base URL; panics when no gateway was started.
+    pub fn gateway_url(&self) -> &str {
+        &self.gateway.as_ref().expect("cluster has a gateway").url
+    }
+
+    /// URL of a repository on storage node 1 through the gateway.
+    pub fn repo_url(&self, relative_path: &str) -> String {
+        format!("{}/{}/{relative_path}", self.gateway_url(), self.storages[0].storage)
+    }
+
+    /// A gRPC channel to storage node `i` (0-based).
+    pub async fn channel(&self, i: usize) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.storages[i].address.clone())
+            .expect("valid address")
+            .connect()
+            .await
+            .expect("connect to storage node")
+    }
+
+    /// A `Repository` message for `relative_path` on storage node `i`.
+    pub fn repository(&self, i: usize, relative_path: &str) -> gitcluster_proto::v1::Repository {
+        gitcluster_proto::v1::Repository {
+            storage_name: self.storages[i].storage.clone(),
+            relative_path: relative_path.to_owned(),
+        }
+    }
+
+    /// Interceptor carrying the cluster's internal token.
+    pub fn auth(&self) -> gitcluster_proto::auth::BearerToken {
+        gitcluster_proto::auth::BearerToken::new(Some(&self.token)).expect("ascii token")
+    }
+
+    /// Declares that log lines containing `needle` at ERROR level are expected.
+    pub fn expect_error(&mut self, needle: &str) {
+        self.expected_errors.push(needle.to_owned());
+    }
+
+    fn members(&self) -> Vec<&Member> {
+        let mut out: Vec<&Member> = self.storages.iter().map(|s| &s.member).collect();
+        out.extend(self.gateway.as_ref().map(|g| &g.member));
+        out
+    }
+
+    /// ERROR lines in the members' logs not declared with `expect_error`.
+    pub fn unexpected_errors(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in self.members() {
+            for line in m.log().lines() {
+                let error = line.contains("\"level\":\"ERROR\"") || line.contains(" ERROR ");
+                if error && !self.expected_errors.iter().any(|n| line.contains(n.as_str())) {
+                    out.push(format!("{}: {line}", m.name));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for s in &mut self.storages {
+            s.member.kill();
+        }
+        if let Some(g) = &mut self.gateway {
+            g.member.kill();
+        }
+        if std::thread::panicking() {
+            // Keep the evidence of a failed test.
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+            eprintln!("cluster logs and storages kept in {}", kept.display());
+            return;
+        }
+        let errors = self.unexpected_errors();
+        assert!(errors.is_empty(), "unexpected ERROR log lines:\n{}", errors.join("\n"));
+    }
+}
