@@ -1,0 +1,94 @@
+//! The election service: every instance probes every storage node
+//! (`grpc.health.v1`) on a short interval and records its observations; a node is
+//! healthy when a majority of live observers saw it recently. Primaries are elected
+//! per repository among healthy, assigned, up-to-date replicas, and a failover
+//! publishes a NOTIFY so routers switch at once.
+//!
+//! This is the skeleton: it passes the schema gate and serves the admin port, but
+//! runs no work loop yet.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use gitcluster_migrations::redact_url;
+use gitcluster_proto::admin::{self, Readiness};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The election's configuration: every flag, its environment variable and default.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "gitcluster-election",
+    version,
+    about = "gitcluster election: health observer and per-repository primary elector"
+)]
+pub struct Config {
+    /// Address of the admin HTTP port serving `/metrics` and `/healthz`.
+    #[arg(
+        long,
+        env = "GITCLUSTER_ELECTION_METRICS_LISTEN",
+        default_value = "0.0.0.0:9653"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// PostgreSQL URL of the cluster database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub dump_config: bool,
+}
+
+impl Config {
+    /// Checks what clap cannot; the message never contains a secret.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.database_url
+            .parse::<tokio_postgres::Config>()
+            .map(drop)
+            .context("--database-url is not a valid PostgreSQL URL")
+    }
+
+    /// The effective configuration as `key = "value"` lines, secrets redacted.
+    pub fn dump(&self) -> String {
+        format!(
+            "metrics_listen = \"{}\"\ndatabase_url = \"{}\"\n",
+            self.metrics_listen,
+            redact_url(&self.database_url)
+        )
+    }
+}
+
+/// Runs the election until `shutdown` fires. Fails with a
+/// [`gitcluster_migrations::SchemaError`] when the database is unreachable or its
+/// schema is not the one this build expects.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = TcpListener::bind(config.metrics_listen)
+        .await
+        .context("bind metrics listener")?;
+    info!(addr = %metrics.local_addr()?, "metrics listener bound");
+
+    // The admin port answers 503 on /healthz until the schema gate passes.
+    let ready = Readiness::default();
+    let admin = tokio::spawn(admin::serve(
+        metrics,
+        admin::install_metrics()?,
+        ready.clone(),
+        shutdown.clone(),
+    ));
+    tokio::select! {
+        gate = gitcluster_migrations::wait_for_schema(&config.database_url, |attempt, error, delay| {
+            warn!(attempt, %error, ?delay, "database not reachable, retrying");
+        }) => drop(gate?),
+        () = shutdown.cancelled() => return Ok(()),
+    }
+    ready.set(true);
+    info!("election skeleton ready: schema verified; no work loops yet");
+
+    // The admin port is the only task: it returns when shutdown fires, or early on
+    // failure, which ends the process non-zero.
+    admin
+        .await
+        .context("admin port task")?
+        .context("serve admin port")?;
+    Ok(())
+}

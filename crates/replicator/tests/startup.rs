@@ -1,0 +1,105 @@
+//! Start-up gate and lifecycle of the real `gitcluster-replicator` binary.
+
+#![allow(clippy::disallowed_methods)] // tests block their own thread on the child process
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gitcluster_integration_tests::{TestDb, free_port, http_get, patience};
+
+fn replicator(db_url: &str, metrics_port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitcluster-replicator"));
+    cmd.arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{metrics_port}"))
+        .env("DATABASE_URL", db_url)
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[tokio::test]
+async fn unmigrated_database_exits_78_with_one_line_naming_sql_migrate() {
+    let db = TestDb::create(false).await;
+    let out = replicator(&db.url, free_port())
+        .output()
+        .expect("run replicator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "stderr: {stderr}");
+    let hits: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("gitcluster sql-migrate"))
+        .collect();
+    assert_eq!(hits.len(), 1, "stderr: {stderr}");
+    assert!(
+        hits[0].starts_with("gitcluster-replicator: database schema is out of date"),
+        "{}",
+        hits[0]
+    );
+}
+
+#[tokio::test]
+async fn migrated_database_serves_healthz_and_sigterm_exits_cleanly() {
+    let db = TestDb::create(true).await;
+    let port = free_port();
+    let mut child = replicator(&db.url, port)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn replicator");
+    let addr = ([127, 0, 0, 1], port).into();
+    let deadline = tokio::time::Instant::now() + patience();
+    loop {
+        if let Ok((200, _)) = http_get(addr, "/healthz").await {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("replicator exited during start-up: {status}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replicator not ready at {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _) = http_get(addr, "/metrics").await.expect("GET /metrics");
+    assert_eq!(code, 200);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(kill.expect("run kill").success());
+    let status = child.wait().expect("wait for replicator");
+    assert_eq!(status.code(), Some(0), "clean exit after SIGTERM");
+}
+
+#[test]
+fn dump_config_redacts_passwords_and_bad_amqp_url_is_bad_config() {
+    let run = |amqp: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gitcluster-replicator"))
+            .arg("--dump-config")
+            .env("DATABASE_URL", "postgres://gc:s3cret@db:5432/gitcluster")
+            .env("AMQP_URL", amqp)
+            .output()
+            .expect("run replicator")
+    };
+    let out = run("amqp://jobs:hunter2@mq:5672/%2f");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout.contains("amqp_url = \"amqp://jobs:***@mq:5672/%2f\""),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("s3cret") && !stdout.contains("hunter2"),
+        "{stdout}"
+    );
+    assert_eq!(run("http://mq:5672").status.code(), Some(64));
+}
+
+#[test]
+fn missing_database_url_is_bad_config() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gitcluster-replicator"))
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run replicator");
+    assert_eq!(out.status.code(), Some(64));
+}

@@ -1,0 +1,11 @@
+DROP TABLE IF EXISTS leases;
+DROP TABLE IF EXISTS replication_jobs;
+DROP TYPE IF EXISTS replication_job_state;
+DROP TABLE IF EXISTS node_status;
+DROP TABLE IF EXISTS storage_repositories;
+DROP TABLE IF EXISTS repository_assignments;
+DROP TABLE IF EXISTS repositories;
+DROP TABLE IF EXISTS storages;
+DROP TABLE IF EXISTS virtual_storages;
+DROP FUNCTION IF EXISTS gitcluster_notify_metadata();
+DROP FUNCTION IF EXISTS gitcluster_notify_topology();
