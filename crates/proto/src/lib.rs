@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod jobs;
 pub mod registry;
 pub mod shutdown;
 pub mod telemetry;
