@@ -1,0 +1,699 @@
+//! Git smart HTTP, carried over gRPC to the upstream.
+//!
+//! * `GET info/refs` becomes a server-streaming `InfoRefs*` call whose chunks already form
+//!   the complete advertisement (the storage node adds the `# service=` prefix).
+//! * `POST git-upload-pack` / `git-receive-pack` become bidi `Post*` calls: the first
+//!   message names the repository, then the request body follows in chunks of at most
+//!   `STREAM_CHUNK_BYTES`; the response messages are the HTTP response body. Nothing is
+//!   buffered whole: HTTP/1 and HTTP/2 flow control push back on both sides.
+//! * Before the HTTP status is chosen the gateway waits for the first upstream message,
+//!   so an upstream refusal (NotFound, ...) becomes a proper status code. Once the
+//!   response has started, an upstream failure can only cut the body short.
+//!
+//! **Truncated request bodies.** If reading the client's body fails (connection dropped,
+//! short Content-Length, unterminated chunked encoding, corrupt gzip), the upstream call
+//! is *aborted*: its HTTP/2 stream is reset with `INTERNAL_ERROR` and the request stream
+//! never ends cleanly. A clean end-of-stream would tell the storage node that the
+//! truncated input is the whole push, and `git receive-pack` could act on it. Note that
+//! a plain cancel (`CANCEL`, what dropping a tonic call sends) is *not* enough: tonic
+//! servers read it as a clean end. See `crate::abortable` and `CallDriver`.
+//!
+//! **Push-to-create.** A push to a missing repository creates it first. If this request
+//! created it and the push then fails or the client goes away before the response is
+//! complete, the repository is removed again, so an aborted first push leaves nothing.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, BodyDataStream};
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _, TryStreamExt as _, stream};
+use gitcluster_proto::STREAM_CHUNK_BYTES;
+use gitcluster_proto::v1::{
+    CreateRepositoryRequest, InfoRefsRequest, InfoRefsResponse, PostReceivePackRequest,
+    PostReceivePackResponse, PostUploadPackRequest, PostUploadPackResponse,
+    RemoveRepositoryRequest, RepositoryExistsRequest,
+};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::codec::Streaming;
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::{debug, info, warn};
+
+use crate::abortable::Outbound;
+use crate::client_auth::{self, AuthOutcome, ClientAuth};
+use crate::route::{self, Endpoint, GitService, RepoPath};
+use crate::upstream::{self, RepositoryClient, Upstream, plain};
+
+/// Counter of answered requests, labelled `service` and `code` (HTTP status).
+pub const REQUESTS_METRIC: &str = "gitcluster_gateway_requests_total";
+/// Counter of git payload bytes, labelled `direction` (`in`: client to upstream,
+/// `out`: upstream to client).
+pub const BYTES_METRIC: &str = "gitcluster_gateway_request_bytes_total";
+
+/// What every request handler shares.
+pub(crate) struct AppState {
+    pub(crate) upstream: Upstream,
+    pub(crate) auth: Option<ClientAuth>,
+    pub(crate) push_to_create: bool,
+}
+
+/// The `service` label of a response, for the requests metric.
+#[derive(Clone, Copy)]
+struct ServiceLabel(&'static str);
+
+/// The gateway's HTTP application.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(dispatch)
+        .with_state(state)
+        // git gzips large negotiation bodies (`Content-Encoding: gzip`).
+        .layer(RequestDecompressionLayer::new())
+        .layer(middleware::from_fn(count_request))
+        // 5xx answers are logged where they are handled, at the level they deserve; the
+        // trace layer's default ERROR for every 5xx would page humans for a down node.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+}
+
+async fn count_request(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let service = response
+        .extensions()
+        .get::<ServiceLabel>()
+        .map_or("none", |s| s.0);
+    metrics::counter!(
+        REQUESTS_METRIC,
+        "service" => service,
+        "code" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}
+
+/// Routes every request that is not `/healthz`: auth, then URL, then method.
+async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Some(auth) = &state.auth {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let outcome = auth.check(header);
+        if outcome != AuthOutcome::Accepted {
+            debug!(
+                ?outcome,
+                path = parts.uri.path(),
+                "client authentication failed"
+            );
+            let mut response = plain(StatusCode::UNAUTHORIZED, "authentication required");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(client_auth::CHALLENGE),
+            );
+            return response;
+        }
+    }
+    let Some((prefix, endpoint)) = route::split_endpoint(parts.uri.path()) else {
+        return plain(StatusCode::NOT_FOUND, "not found");
+    };
+    if parts.method != endpoint.method() {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        let allow = HeaderValue::from_static(endpoint.allow());
+        response.headers_mut().insert(header::ALLOW, allow);
+        return response;
+    }
+    let repo = match route::parse_repo(prefix) {
+        Ok(repo) => repo,
+        Err(reason) => return plain(StatusCode::BAD_REQUEST, reason),
+    };
+    let git_protocol = parts
+        .headers
+        .get("git-protocol")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let (label, mut response) = match endpoint {
+        Endpoint::InfoRefs => match route::parse_service(parts.uri.query()) {
+            Err(reason) => ("none", plain(StatusCode::BAD_REQUEST, reason)),
+            Ok(GitService::UploadPack) => (
+                "info_refs_upload_pack",
+                info_refs(&state, &repo, GitService::UploadPack, git_protocol).await,
+            ),
+            Ok(GitService::ReceivePack) => (
+                "info_refs_receive_pack",
+                info_refs(&state, &repo, GitService::ReceivePack, git_protocol).await,
+            ),
+        },
+        Endpoint::UploadPack => (
+            "upload_pack",
+            post_rpc(
+                &state,
+                &repo,
+                GitService::UploadPack,
+                git_protocol,
+                &parts.headers,
+                body,
+            )
+            .await,
+        ),
+        Endpoint::ReceivePack => (
+            "receive_pack",
+            post_rpc(
+                &state,
+                &repo,
+                GitService::ReceivePack,
+                git_protocol,
+                &parts.headers,
+                body,
+            )
+            .await,
+        ),
+    };
+    response.extensions_mut().insert(ServiceLabel(label));
+    response
+}
+
+async fn info_refs(
+    state: &AppState,
+    repo: &RepoPath,
+    service: GitService,
+    git_protocol: String,
+) -> Response {
+    let request = InfoRefsRequest {
+        repository: Some(repo.to_proto()),
+        git_protocol,
+        advertise_empty_if_missing: service == GitService::ReceivePack && state.push_to_create,
+    };
+    let mut client = state.upstream.smart_http.clone();
+    let (rpc, call) = match service {
+        GitService::UploadPack => (
+            "InfoRefsUploadPack",
+            client.info_refs_upload_pack(request).await,
+        ),
+        GitService::ReceivePack => (
+            "InfoRefsReceivePack",
+            client.info_refs_receive_pack(request).await,
+        ),
+    };
+    let content_type = format!("application/x-{}-advertisement", service.name());
+    relay_advertisement(call, rpc, display(repo), &content_type).await
+}
+
+async fn post_rpc(
+    state: &AppState,
+    repo: &RepoPath,
+    service: GitService,
+    git_protocol: String,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let created = match service {
+        GitService::UploadPack => None,
+        GitService::ReceivePack => match ensure_repository(state, repo).await {
+            Ok(created) => created,
+            Err(response) => return response,
+        },
+    };
+    let name = display(repo);
+    let signals = CallSignals::default();
+    let chunks = request_chunks(
+        body,
+        expected_length(headers),
+        signals.clone(),
+        name.clone(),
+    );
+    let (start_tx, start_rx) = oneshot::channel();
+    let (body_tx, body_rx) = mpsc::channel(2);
+    let rpc = match service {
+        GitService::UploadPack => "PostUploadPack",
+        GitService::ReceivePack => "PostReceivePack",
+    };
+    let driver = CallDriver {
+        signals: signals.clone(),
+        created,
+        repo: name.clone(),
+        rpc,
+    };
+    let repository = Some(repo.to_proto());
+    let upstream = state.upstream.clone();
+    // The call runs in its own task: it must outlive this handler when the client goes
+    // away, until its request stream has been aborted (see `CallDriver`).
+    match service {
+        GitService::UploadPack => {
+            let first = PostUploadPackRequest {
+                repository,
+                data: Vec::new(),
+                git_protocol,
+            };
+            let messages =
+                stream::once(async { Outbound::Message(first) }).chain(chunks.map(|c| match c {
+                    Chunk::Data(data) => Outbound::Message(PostUploadPackRequest {
+                        data: data.into(),
+                        ..Default::default()
+                    }),
+                    Chunk::Abort => Outbound::Abort,
+                }));
+            tokio::spawn(async move {
+                let call = upstream.post_stream(rpc, messages);
+                driver
+                    .run(call, |m: PostUploadPackResponse| m.data, start_tx, body_tx)
+                    .await;
+            });
+        }
+        GitService::ReceivePack => {
+            let first = PostReceivePackRequest {
+                repository,
+                data: Vec::new(),
+                git_protocol,
+            };
+            let messages =
+                stream::once(async { Outbound::Message(first) }).chain(chunks.map(|c| match c {
+                    Chunk::Data(data) => Outbound::Message(PostReceivePackRequest {
+                        data: data.into(),
+                        ..Default::default()
+                    }),
+                    Chunk::Abort => Outbound::Abort,
+                }));
+            tokio::spawn(async move {
+                let call = upstream.post_stream(rpc, messages);
+                driver
+                    .run(call, |m: PostReceivePackResponse| m.data, start_tx, body_tx)
+                    .await;
+            });
+        }
+    }
+    // Dropping this handler or the response body before the end marks the client gone.
+    let gone = signals.client_gone.clone().drop_guard();
+    match start_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(status)) => {
+            drop(gone);
+            if signals.body_failed.load(Ordering::SeqCst) {
+                // The upstream error is our own abort; the client is most likely gone.
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "request body incomplete or unreadable",
+                );
+            }
+            return upstream::error_response(&status, rpc, &name);
+        }
+        Err(_) => {
+            warn!(rpc, repo = %name, "upstream call task ended without an answer");
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    }
+    let reader = ResponseReader {
+        rx: body_rx,
+        gone: Some(gone),
+        delivered: signals.delivered.clone(),
+    };
+    let body = stream::unfold(reader, |mut r| async move {
+        match r.rx.recv().await {
+            Some(Ok(bytes)) => {
+                metrics::counter!(BYTES_METRIC, "direction" => "out").increment(bytes.len() as u64);
+                Some((Ok(bytes), r))
+            }
+            // An error (not a clean end) so that the client sees a truncated response.
+            Some(Err(status)) => Some((Err(status), r)),
+            None => {
+                r.delivered.cancel();
+                if let Some(gone) = r.gone.take() {
+                    gone.disarm();
+                }
+                None
+            }
+        }
+    });
+    let content_type = format!("application/x-{}-result", service.name());
+    with_git_headers(Response::new(Body::from_stream(body)), &content_type)
+}
+
+/// The response side of a `Post*` call, as handed to hyper.
+struct ResponseReader {
+    rx: mpsc::Receiver<Result<Bytes, tonic::Status>>,
+    gone: Option<DropGuard>,
+    delivered: CancellationToken,
+}
+
+/// Signals shared by a `Post*` call's request stream, its driver and the response.
+#[derive(Clone, Default)]
+struct CallSignals {
+    /// Set by the driver: the request stream must abort now.
+    abort: CancellationToken,
+    /// Set by the request stream once it has ended cleanly or begun aborting.
+    request_over: CancellationToken,
+    /// Set when the HTTP side went away before the response was complete.
+    client_gone: CancellationToken,
+    /// Set when the whole response was handed to the client connection.
+    delivered: CancellationToken,
+    /// The client's request body could not be read completely.
+    body_failed: Arc<AtomicBool>,
+}
+
+/// Content-Length of an uncompressed request body: checked again at the end of the body,
+/// in case a connection ever ends without hyper reporting the shortfall.
+fn expected_length(headers: &HeaderMap) -> Option<u64> {
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        return None;
+    }
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Makes sure a push has a repository to land in. `Ok(Some(_))` when this request
+/// created it (and must remove it again if the push does not complete).
+async fn ensure_repository(
+    state: &AppState,
+    repo: &RepoPath,
+) -> Result<Option<CreatedRepository>, Response> {
+    let mut client = state.upstream.repository.clone();
+    let name = display(repo);
+    let exists = client
+        .repository_exists(RepositoryExistsRequest {
+            repository: Some(repo.to_proto()),
+        })
+        .await
+        .map_err(|s| upstream::error_response(&s, "RepositoryExists", &name))?
+        .into_inner()
+        .exists;
+    if exists {
+        return Ok(None);
+    }
+    if !state.push_to_create {
+        return Err(plain(StatusCode::NOT_FOUND, "repository not found"));
+    }
+    let request = CreateRepositoryRequest {
+        repository: Some(repo.to_proto()),
+        ..Default::default()
+    };
+    match client.create_repository(request).await {
+        Ok(_) => {
+            info!(repo = %name, "created repository for push");
+            Ok(Some(CreatedRepository {
+                client,
+                repo: repo.clone(),
+            }))
+        }
+        // A concurrent first push won the race: push into its repository, which is
+        // not ours to remove.
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(None),
+        Err(s) => Err(upstream::error_response(&s, "CreateRepository", &name)),
+    }
+}
+
+/// One item of the request stream: body bytes, or the order to abort.
+enum Chunk {
+    Data(Bytes),
+    Abort,
+}
+
+/// The client's request body as chunks of at most `STREAM_CHUNK_BYTES`.
+///
+/// The stream ends only when the body ended cleanly (and, with a Content-Length, had
+/// every byte). When reading the body fails, or the driver asks for an abort, it yields
+/// [`Chunk::Abort`] (which resets the upstream call, see `crate::abortable`) and then
+/// stays pending forever: it never ends cleanly after a failure.
+fn request_chunks(
+    body: Body,
+    expected: Option<u64>,
+    signals: CallSignals,
+    repo: String,
+) -> impl Stream<Item = Chunk> + Send + 'static {
+    struct Reader {
+        body: BodyDataStream,
+        pending: Bytes,
+        received: u64,
+        expected: Option<u64>,
+        signals: CallSignals,
+        repo: String,
+        aborted: bool,
+    }
+    let reader = Reader {
+        body: body.into_data_stream(),
+        pending: Bytes::new(),
+        received: 0,
+        expected,
+        signals,
+        repo,
+        aborted: false,
+    };
+    stream::unfold(reader, |mut r| async move {
+        loop {
+            if r.aborted {
+                let never: Infallible = std::future::pending().await;
+                match never {}
+            }
+            if !r.pending.is_empty() {
+                let chunk = r.pending.split_to(r.pending.len().min(STREAM_CHUNK_BYTES));
+                metrics::counter!(BYTES_METRIC, "direction" => "in").increment(chunk.len() as u64);
+                return Some((Chunk::Data(chunk), r));
+            }
+            let next = tokio::select! {
+                biased;
+                () = r.signals.abort.cancelled() => None,
+                next = r.body.next() => Some(next),
+            };
+            let failure = match next {
+                Some(Some(Ok(data))) => {
+                    r.received += data.len() as u64;
+                    r.pending = data;
+                    continue;
+                }
+                Some(None) => match r.expected {
+                    Some(expected) if expected != r.received => {
+                        format!("body ended after {} of {expected} bytes", r.received)
+                    }
+                    // The body is complete: now, and only now, end the request stream.
+                    _ => {
+                        r.signals.request_over.cancel();
+                        return None;
+                    }
+                },
+                Some(Some(Err(e))) => e.to_string(),
+                None => {
+                    debug!(repo = %r.repo, "aborting upstream request stream");
+                    r.aborted = true;
+                    r.signals.request_over.cancel();
+                    return Some((Chunk::Abort, r));
+                }
+            };
+            info!(repo = %r.repo, error = %failure, received = r.received,
+                "client request body failed, aborting upstream call");
+            r.signals.body_failed.store(true, Ordering::SeqCst);
+            r.aborted = true;
+            r.signals.request_over.cancel();
+            return Some((Chunk::Abort, r));
+        }
+    })
+}
+
+/// How a `Post*` call's response relay ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The upstream answered completely.
+    Completed,
+    /// The upstream failed (before or after the response started).
+    Failed,
+    /// The HTTP side stopped listening.
+    ClientGone,
+}
+
+/// Owns one `Post*` call from start to cleanup.
+///
+/// The one rule it exists for: the call is never dropped while its request stream may
+/// still be open. Dropping a call resets it with `CANCEL`, which a tonic server reads as
+/// a clean end of input (see `crate::abortable`). So when the client goes away, the
+/// driver first makes the request stream abort, waits (bounded) until it has, and only
+/// then lets go of the call. Afterwards it removes a repository this request created
+/// unless the push completed and its whole response reached the client.
+struct CallDriver {
+    signals: CallSignals,
+    created: Option<CreatedRepository>,
+    repo: String,
+    rpc: &'static str,
+}
+
+/// Longest wait for an aborted request stream to reset before the call is dropped.
+const ABORT_GRACE: Duration = Duration::from_secs(30);
+
+impl CallDriver {
+    async fn run<R: Send + 'static>(
+        self,
+        call: impl Future<Output = Result<tonic::Response<Streaming<R>>, tonic::Status>>,
+        data: fn(R) -> Vec<u8>,
+        start_tx: oneshot::Sender<Result<(), tonic::Status>>,
+        body_tx: mpsc::Sender<Result<Bytes, tonic::Status>>,
+    ) {
+        let mut relay = Box::pin(relay_call(
+            call, data, start_tx, body_tx, self.rpc, &self.repo,
+        ));
+
+        let outcome = tokio::select! {
+            outcome = &mut relay => Some(outcome),
+            () = self.signals.client_gone.cancelled() => None,
+        };
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => {
+                self.signals.abort.cancel();
+                let settle = async {
+                    tokio::select! {
+                        _ = &mut relay => {}
+                        () = self.signals.request_over.cancelled() => {}
+                    }
+                };
+                if tokio::time::timeout(ABORT_GRACE, settle).await.is_err() {
+                    warn!(rpc = self.rpc, repo = %self.repo,
+                        "request stream did not abort in time, dropping the upstream call");
+                }
+                Outcome::ClientGone
+            }
+        };
+        drop(relay);
+        let Some(created) = self.created else { return };
+        let keep = outcome == Outcome::Completed
+            && tokio::select! {
+                () = self.signals.delivered.cancelled() => true,
+                () = self.signals.client_gone.cancelled() => self.signals.delivered.is_cancelled(),
+            };
+        if !keep {
+            created.remove().await;
+        }
+    }
+}
+
+/// Forwards a call's response: the first message (or failure) through `start_tx`, the
+/// rest through `body_tx`.
+async fn relay_call<R>(
+    call: impl Future<Output = Result<tonic::Response<Streaming<R>>, tonic::Status>>,
+    data: fn(R) -> Vec<u8>,
+    start_tx: oneshot::Sender<Result<(), tonic::Status>>,
+    body_tx: mpsc::Sender<Result<Bytes, tonic::Status>>,
+    rpc: &'static str,
+    repo: &str,
+) -> Outcome {
+    let mut messages = match call.await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            let _ = start_tx.send(Err(status));
+            return Outcome::Failed;
+        }
+    };
+    // Wait for the first message so that an upstream refusal still becomes a status code.
+    let mut next = match messages.message().await {
+        Ok(first) => first,
+        Err(status) => {
+            let _ = start_tx.send(Err(status));
+            return Outcome::Failed;
+        }
+    };
+    if start_tx.send(Ok(())).is_err() {
+        return Outcome::ClientGone;
+    }
+    loop {
+        let Some(message) = next else {
+            return Outcome::Completed;
+        };
+        if body_tx.send(Ok(Bytes::from(data(message)))).await.is_err() {
+            return Outcome::ClientGone;
+        }
+        next = match messages.message().await {
+            Ok(next) => next,
+            Err(status) => {
+                warn!(rpc, repo, code = ?status.code(), message = status.message(),
+                    "upstream failed after the response started");
+                let _ = body_tx.send(Err(status)).await;
+                return Outcome::Failed;
+            }
+        };
+    }
+}
+
+/// Streams an advertisement's messages out as the HTTP response body.
+async fn relay_advertisement(
+    call: Result<tonic::Response<Streaming<InfoRefsResponse>>, tonic::Status>,
+    rpc: &'static str,
+    repo: String,
+    content_type: &str,
+) -> Response {
+    let mut messages = match call {
+        Ok(response) => response.into_inner(),
+        Err(status) => return upstream::error_response(&status, rpc, &repo),
+    };
+    let first = match messages.message().await {
+        Ok(first) => first,
+        Err(status) => return upstream::error_response(&status, rpc, &repo),
+    };
+    let rest = stream::unfold(Some(messages), move |state| {
+        let repo = repo.clone();
+        async move {
+            let mut messages = state?;
+            match messages.message().await {
+                Ok(Some(m)) => Some((Ok(Bytes::from(m.data)), Some(messages))),
+                Ok(None) => None,
+                Err(status) => {
+                    warn!(rpc, repo = %repo, code = ?status.code(), message = status.message(),
+                        "upstream failed after the response started");
+                    Some((Err(status), None))
+                }
+            }
+        }
+    });
+    let body = stream::iter(first.map(|m| Ok::<_, tonic::Status>(Bytes::from(m.data))))
+        .chain(rest)
+        .inspect_ok(|b| {
+            metrics::counter!(BYTES_METRIC, "direction" => "out").increment(b.len() as u64)
+        });
+    with_git_headers(Response::new(Body::from_stream(body)), content_type)
+}
+
+fn with_git_headers(mut response: Response, content_type: &str) -> Response {
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// A repository this request created for a push.
+struct CreatedRepository {
+    client: RepositoryClient,
+    repo: RepoPath,
+}
+
+impl CreatedRepository {
+    /// Removes the repository again (best effort): the first push did not complete.
+    async fn remove(mut self) {
+        let name = display(&self.repo);
+        let request = RemoveRepositoryRequest {
+            repository: Some(self.repo.to_proto()),
+        };
+        match self.client.remove_repository(request).await {
+            Ok(_) => info!(repo = %name, "removed repository of an aborted first push"),
+            Err(s) => warn!(repo = %name, code = ?s.code(), message = s.message(),
+                "cannot remove repository of an aborted first push"),
+        }
+    }
+}
+
+fn display(repo: &RepoPath) -> String {
+    format!("{}/{}", repo.storage, repo.relative_path)
+}

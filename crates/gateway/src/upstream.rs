@@ -1,0 +1,203 @@
+//! The gRPC side: clients of the upstream `gitcluster.v1` endpoint, and how its
+//! statuses become HTTP responses.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::response::{IntoResponse as _, Response};
+use futures::Stream;
+use gitcluster_proto::auth::BearerToken;
+use gitcluster_proto::v1::repository_service_client::RepositoryServiceClient;
+use gitcluster_proto::v1::smart_http_service_client::SmartHttpServiceClient;
+use http::StatusCode;
+use http::uri::PathAndQuery;
+use tonic::GrpcMethod;
+use tonic::codec::{CompressionEncoding, Streaming};
+
+use crate::abortable::{AbortableCodec, Outbound};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// Channel with the upstream bearer token added to every call.
+pub type AuthChannel = InterceptedService<Channel, BearerToken>;
+/// Client of `SmartHTTPService` upstream.
+pub type SmartHttpClient = SmartHttpServiceClient<AuthChannel>;
+/// Client of `RepositoryService` upstream.
+pub type RepositoryClient = RepositoryServiceClient<AuthChannel>;
+
+/// Clients sharing one lazily connected HTTP/2 channel to the upstream.
+#[derive(Clone)]
+pub struct Upstream {
+    /// Smart HTTP over gRPC (advertisements).
+    pub smart_http: SmartHttpClient,
+    /// Repository lifecycle (push-to-create).
+    pub repository: RepositoryClient,
+    /// Raw client for the `Post*` calls, whose request streams must be abortable
+    /// (see `crate::abortable`).
+    pub grpc: tonic::client::Grpc<AuthChannel>,
+}
+
+impl Upstream {
+    /// Builds the clients without connecting: a down upstream makes requests fail with
+    /// Unavailable (503) instead of failing start-up, and the channel reconnects by
+    /// itself.
+    pub fn connect_lazy(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(url.to_owned())
+            .context("parse upstream URL")?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .http2_adaptive_window(true)
+            .connect_lazy();
+        let token = BearerToken::new(token).context("build upstream token interceptor")?;
+        let max = gitcluster_proto::MAX_MESSAGE_BYTES;
+        let smart_http = SmartHttpServiceClient::with_interceptor(channel.clone(), token.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+            .accept_compressed(CompressionEncoding::Gzip);
+        let repository = RepositoryServiceClient::with_interceptor(channel.clone(), token.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+            .accept_compressed(CompressionEncoding::Gzip);
+        let grpc = tonic::client::Grpc::new(InterceptedService::new(channel, token))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+            .accept_compressed(CompressionEncoding::Gzip);
+        Ok(Upstream {
+            smart_http,
+            repository,
+            grpc,
+        })
+    }
+
+    /// Starts the bidi `SmartHTTPService/<method>` call (`PostUploadPack` or
+    /// `PostReceivePack`) with an abortable request stream.
+    pub async fn post_stream<M, R>(
+        &self,
+        method: &'static str,
+        messages: impl Stream<Item = Outbound<M>> + Send + 'static,
+    ) -> Result<tonic::Response<Streaming<R>>, tonic::Status>
+    where
+        M: prost::Message + Send + Sync + 'static,
+        R: prost::Message + Default + Send + Sync + 'static,
+    {
+        const SERVICE: &str = "gitcluster.v1.SmartHTTPService";
+        let mut grpc = self.grpc.clone();
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::from_error(e.into()))?;
+        let path = PathAndQuery::try_from(format!("/{SERVICE}/{method}"))
+            .map_err(|e| tonic::Status::internal(format!("bad method path: {e}")))?;
+        let mut request = tonic::Request::new(messages);
+        request
+            .extensions_mut()
+            .insert(GrpcMethod::new(SERVICE, method));
+        grpc.streaming(request, path, AbortableCodec::<M, R>::default())
+            .await
+    }
+}
+
+/// The HTTP status for an upstream gRPC status code.
+///
+/// PermissionDenied and Unauthenticated are 502: the git client's credentials were
+/// already checked here, so an upstream refusal means our own token is wrong.
+pub fn http_status(code: tonic::Code) -> StatusCode {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::FailedPrecondition => StatusCode::CONFLICT,
+        Code::PermissionDenied | Code::Unauthenticated => StatusCode::BAD_GATEWAY,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A plain-text response of one line.
+pub fn plain(status: StatusCode, message: &str) -> Response {
+    // One line, whatever the upstream put in its message.
+    let line: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    (
+        status,
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{}\n", line.trim()),
+    )
+        .into_response()
+}
+
+/// Logs an upstream failure at the level it deserves and turns it into a response.
+pub fn error_response(status: &tonic::Status, rpc: &'static str, repo: &str) -> Response {
+    let http = http_status(status.code());
+    let code = status.code();
+    let message = status.message();
+    match code {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => tracing::error!(
+            rpc,
+            repo,
+            ?code,
+            message,
+            "upstream rejected the gateway's token; check GITCLUSTER_GATEWAY_UPSTREAM_TOKEN"
+        ),
+        _ if http.is_server_error() => {
+            tracing::warn!(rpc, repo, ?code, message, "upstream call failed")
+        }
+        _ => tracing::debug!(rpc, repo, ?code, message, "upstream refused the request"),
+    }
+    let message = if message.is_empty() {
+        code.description()
+    } else {
+        message
+    };
+    plain(http, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn grpc_codes_map_to_http_statuses() {
+        for (code, http) in [
+            (Code::InvalidArgument, 400),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::FailedPrecondition, 409),
+            (Code::PermissionDenied, 502),
+            (Code::Unauthenticated, 502),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+            (Code::ResourceExhausted, 429),
+            (Code::Unimplemented, 501),
+            (Code::Internal, 500),
+            (Code::Unknown, 500),
+            (Code::Cancelled, 500),
+            (Code::Aborted, 500),
+            (Code::DataLoss, 500),
+        ] {
+            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn error_body_is_one_line_of_the_status_message() {
+        let resp = error_response(
+            &tonic::Status::not_found("repository\nnot found"),
+            "PostUploadPack",
+            "default/p.git",
+        );
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body");
+        assert_eq!(&body.to_bytes()[..], b"repository not found\n");
+    }
+}
