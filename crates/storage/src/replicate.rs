@@ -1,0 +1,350 @@
+//! ReplicateRepository: make a repository on this node an exact mirror of one on
+//! another node, pulling over gRPC (never a shared filesystem).
+//!
+//! 1. Ask the source for HEAD, config, attributes and custom hooks
+//!    (`InternalService.GetRepositoryFiles`); a missing source is FailedPrecondition.
+//! 2. When the target does not exist, build it in the temp dir (`git init --bare`
+//!    with the source's object format); it is moved into place at the end with the
+//!    same mkdir + rename step as CreateRepository, so a half-replicated repository
+//!    is never visible.
+//! 3. `git fetch --prune --atomic '+refs/*:refs/*'` from `ssh://gitcluster/source`,
+//!    where the "ssh" command is this binary's `ssh-upload-pack` helper, which
+//!    tunnels the session through `InternalService.SSHUploadPack` on the source.
+//! 4. Write config (whole file, atomically), HEAD (`git symbolic-ref`),
+//!    `info/attributes` (written or removed) and `custom_hooks/` (swapped whole).
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Component, Path};
+use std::time::Duration;
+
+use gitcluster_proto::MAX_MESSAGE_BYTES;
+use gitcluster_proto::auth::BearerToken;
+use gitcluster_proto::v1::internal_service_client::InternalServiceClient;
+use gitcluster_proto::v1::{
+    GetRepositoryFilesRequest, GetRepositoryFilesResponse, ReplicateRepositoryRequest, Repository,
+};
+use tonic::Status;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::internal::CUSTOM_HOOKS_DIR;
+use crate::paths::RepoPath;
+use crate::repository::{
+    init_bare, io_status, move_into_place, remove_quietly, sync_dir, temp_path,
+};
+use crate::ssh::{ENV_ADDRESS, ENV_RELATIVE_PATH, ENV_STORAGE, ENV_TOKEN, SUBCOMMAND};
+use crate::{NODE_ID_METADATA, Node};
+
+/// Connects an InternalService client to `address` with the shared token.
+pub async fn internal_client(
+    address: &str,
+    token: Option<&str>,
+) -> Result<
+    InternalServiceClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>,
+    Status,
+> {
+    let endpoint = Endpoint::from_shared(address.to_owned())
+        .map_err(|e| Status::invalid_argument(format!("invalid source address {address:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("connect to source {address}: {e}")))?;
+    let auth = BearerToken::new(token).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(InternalServiceClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .accept_compressed(CompressionEncoding::Gzip))
+}
+
+/// The object format named in a repository config (`extensions.objectformat`).
+pub fn object_format_of(config: &[u8]) -> &'static str {
+    let text = String::from_utf8_lossy(config);
+    let sha256 = text.lines().any(|l| {
+        let compact: String = l
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        compact == "objectformat=sha256"
+    });
+    if sha256 { "sha256" } else { "sha1" }
+}
+
+/// Runs the replication described in the module doc.
+pub async fn replicate(node: &Node, req: ReplicateRepositoryRequest) -> Result<(), Status> {
+    let target = node.storages.locate(req.repository.as_ref())?;
+    let source = req
+        .source
+        .ok_or_else(|| Status::invalid_argument("source repository is required"))?;
+    if source.storage_name.is_empty() || source.relative_path.is_empty() {
+        return Err(Status::invalid_argument("source repository is incomplete"));
+    }
+    if req.source_address.is_empty() {
+        return Err(Status::invalid_argument("source address is required"));
+    }
+    let mut client = internal_client(&req.source_address, node.token.as_deref()).await?;
+    let response = client
+        .get_repository_files(GetRepositoryFilesRequest {
+            repository: Some(source.clone()),
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::NotFound => Status::failed_precondition("source repository not found"),
+            // The source refusing our token is a configuration problem, not ours to retry;
+            // passing its code through would read as if the caller's token were wrong.
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                Status::failed_precondition(format!(
+                    "source rejected the internal token: {}",
+                    s.message()
+                ))
+            }
+            tonic::Code::InvalidArgument => {
+                Status::invalid_argument(format!("source repository: {}", s.message()))
+            }
+            _ => Status::unavailable(format!("get source repository files: {}", s.message())),
+        })?;
+    let same_node = response
+        .metadata()
+        .get(NODE_ID_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|id| id == node.id);
+    if same_node && source.storage_name == target.storage && source.relative_path == target.relative
+    {
+        return Err(Status::invalid_argument(
+            "source and target are the same repository",
+        ));
+    }
+    let files = response.into_inner();
+
+    let fresh = if target.exists() {
+        None
+    } else {
+        let tmp = temp_path(&target, "replicate");
+        if let Err(e) = init_bare(node, &tmp, "main", object_format_of(&files.config)).await {
+            remove_quietly(&tmp).await;
+            return Err(e);
+        }
+        Some(tmp)
+    };
+    let workdir = fresh.clone().unwrap_or_else(|| target.path.clone());
+    let result = async {
+        fetch(node, &workdir, &req.source_address, &source).await?;
+        write_files(node, &target, &workdir, &files).await?;
+        if let Some(tmp) = &fresh {
+            move_into_place(tmp, &target, true).await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let (Err(_), Some(tmp)) = (&result, &fresh) {
+        remove_quietly(tmp).await;
+    }
+    if result.is_ok() {
+        tracing::info!(
+            storage = %target.storage,
+            relative_path = %target.relative,
+            source_address = %req.source_address,
+            source_storage = %source.storage_name,
+            created = fresh.is_some(),
+            "repository replicated"
+        );
+    }
+    result
+}
+
+/// Quotes `s` for the shell git runs `GIT_SSH_COMMAND` with.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+async fn fetch(node: &Node, dir: &Path, address: &str, source: &Repository) -> Result<(), Status> {
+    let helper = node
+        .ssh_helper
+        .to_str()
+        .ok_or_else(|| Status::internal("ssh helper path is not utf-8"))?;
+    let out = node
+        .git
+        .command(Some(dir))
+        .args(["-c", "fetch.fsckObjects=false"])
+        .args([
+            "fetch",
+            "--quiet",
+            "--prune",
+            "--no-tags",
+            "--atomic",
+            "--no-write-fetch-head",
+        ])
+        .args(["ssh://gitcluster/source", "+refs/*:refs/*"])
+        .env(
+            "GIT_SSH_COMMAND",
+            format!("{} {SUBCOMMAND}", shell_quote(helper)),
+        )
+        .env("GIT_SSH_VARIANT", "ssh")
+        .env(ENV_ADDRESS, address)
+        .env(ENV_STORAGE, &source.storage_name)
+        .env(ENV_RELATIVE_PATH, &source.relative_path)
+        .env(ENV_TOKEN, node.token.as_deref().unwrap_or(""))
+        .output(&[])
+        .await?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Status::internal(format!(
+            "git fetch from source failed: {}",
+            crate::git::last_line(&out.stderr)
+        )))
+    }
+}
+
+/// Writes `content` to `path` atomically: temp file in the same directory, fsync,
+/// rename, fsync of the directory.
+async fn write_atomic(path: &Path, content: &[u8], mode: Option<u32>) -> Result<(), Status> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Status::internal("file has no parent"))?
+        .to_path_buf();
+    let path = path.to_path_buf();
+    let content = content.to_vec();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write as _;
+        std::fs::create_dir_all(&dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+        tmp.write_all(&content)?;
+        tmp.as_file().sync_all()?;
+        if let Some(m) = mode {
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(m))?;
+        } else {
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        }
+        tmp.persist(&path).map_err(|e| e.error)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })
+    .await
+    .map_err(|e| Status::internal(format!("write task: {e}")))?
+    .map_err(|e| io_status("write repository file", e))
+}
+
+/// A hook path from the source must be `custom_hooks/<plain components>`.
+fn safe_hook_path(p: &str) -> Option<&Path> {
+    let path = Path::new(p);
+    let mut comps = path.components();
+    if comps.next() != Some(Component::Normal(CUSTOM_HOOKS_DIR.as_ref())) {
+        return None;
+    }
+    let rest: Vec<_> = comps.collect();
+    if rest.is_empty() || !rest.iter().all(|c| matches!(c, Component::Normal(_))) {
+        return None;
+    }
+    Some(path)
+}
+
+async fn write_files(
+    node: &Node,
+    target: &RepoPath,
+    dir: &Path,
+    files: &GetRepositoryFilesResponse,
+) -> Result<(), Status> {
+    write_atomic(&dir.join("config"), &files.config, None).await?;
+    if !files.head.is_empty() {
+        if !files.head.starts_with("refs/") {
+            return Err(Status::internal(format!(
+                "source HEAD {:?} is not a reference",
+                files.head
+            )));
+        }
+        node.git
+            .command(Some(dir))
+            .args(["symbolic-ref", "HEAD", &files.head])
+            .run()
+            .await?;
+    }
+    let attributes = dir.join("info").join("attributes");
+    match &files.attributes {
+        Some(content) => write_atomic(&attributes, content, None).await?,
+        None => match tokio::fs::remove_file(&attributes).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_status("remove info/attributes", e)),
+        },
+    }
+
+    // custom_hooks/ is built beside the repository and swapped in whole.
+    let current = dir.join(CUSTOM_HOOKS_DIR);
+    if files.custom_hooks.is_empty() && tokio::fs::symlink_metadata(&current).await.is_err() {
+        return Ok(());
+    }
+    let staged = temp_path(target, "hooks");
+    let build = async {
+        tokio::fs::create_dir_all(&staged)
+            .await
+            .map_err(|e| io_status("create hooks dir", e))?;
+        for f in &files.custom_hooks {
+            let rel = safe_hook_path(&f.path).ok_or_else(|| {
+                Status::internal(format!("unsafe hook path {:?} from source", f.path))
+            })?;
+            let inside = rel
+                .strip_prefix(CUSTOM_HOOKS_DIR)
+                .map_err(|_| Status::internal("hook path"))?;
+            write_atomic(&staged.join(inside), &f.content, Some(f.mode & 0o7777)).await?;
+        }
+        Ok::<_, Status>(())
+    }
+    .await;
+    if let Err(e) = build {
+        remove_quietly(&staged).await;
+        return Err(e);
+    }
+    let old = temp_path(target, "removed-hooks");
+    let had_old = match tokio::fs::rename(&current, &old).await {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            remove_quietly(&staged).await;
+            return Err(io_status("move old custom hooks", e));
+        }
+    };
+    if files.custom_hooks.is_empty() {
+        remove_quietly(&staged).await;
+    } else if let Err(e) = tokio::fs::rename(&staged, &current).await {
+        remove_quietly(&staged).await;
+        return Err(io_status("install custom hooks", e));
+    }
+    sync_dir(Some(dir)).await;
+    if had_old {
+        remove_quietly(&old).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_format_is_read_from_config() {
+        assert_eq!(object_format_of(b"[core]\n\tbare = true\n"), "sha1");
+        assert_eq!(
+            object_format_of(b"[extensions]\n\tobjectFormat = sha256\n"),
+            "sha256"
+        );
+    }
+
+    #[test]
+    fn hook_paths_must_stay_in_custom_hooks() {
+        assert!(safe_hook_path("custom_hooks/pre-receive").is_some());
+        assert!(safe_hook_path("custom_hooks/pre-receive.d/a").is_some());
+        assert!(safe_hook_path("custom_hooks/../config").is_none());
+        assert!(safe_hook_path("/etc/passwd").is_none());
+        assert!(safe_hook_path("hooks/x").is_none());
+        assert!(safe_hook_path("custom_hooks").is_none());
+    }
+
+    #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(shell_quote("/a b/c'd"), "'/a b/c'\\''d'");
+    }
+}

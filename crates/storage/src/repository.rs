@@ -1,0 +1,411 @@
+//! RepositoryService: the lifecycle of bare repositories.
+//!
+//! Creation is atomic: the repository is initialised in the storage's temp dir, an
+//! empty directory is created at the final path (`mkdir` fails when it is taken),
+//! and the temp repository is renamed onto it (`rename` replaces an empty directory
+//! atomically). Removal renames the repository into the temp dir before deleting it,
+//! so readers never see half a repository.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use gitcluster_proto::v1::repository_service_server::RepositoryService;
+use gitcluster_proto::v1::{
+    CalculateChecksumRequest, CalculateChecksumResponse, CreateRepositoryRequest,
+    CreateRepositoryResponse, ListRepositoriesRequest, ListRepositoriesResponse, ObjectFormat,
+    OptimizeRepositoryRequest, OptimizeRepositoryResponse, RemoveRepositoryRequest,
+    RemoveRepositoryResponse, ReplicateRepositoryRequest, ReplicateRepositoryResponse,
+    RepositoryExistsRequest, RepositoryExistsResponse, RepositorySizeRequest,
+    RepositorySizeResponse, list_repositories_response,
+};
+use tonic::{Request, Response, Status};
+
+use crate::Node;
+use crate::checksum::checksum_of_show_ref;
+use crate::paths::{INTERNAL_DIR, RepoPath, is_git_repo};
+use crate::stream::{ResponseStream, channel};
+
+/// Number of repositories per ListRepositories message.
+const LIST_BATCH: usize = 100;
+
+/// RepositoryService handlers.
+#[derive(Debug, Clone)]
+pub struct Repositories {
+    node: Arc<Node>,
+}
+
+impl Repositories {
+    /// Handlers over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Repositories { node }
+    }
+}
+
+/// Maps an I/O error from a filesystem step to a status.
+pub(crate) fn io_status(what: &str, e: std::io::Error) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+/// A fresh unique path inside the storage's temp dir.
+pub(crate) fn temp_path(repo: &RepoPath, prefix: &str) -> PathBuf {
+    repo.tmp_dir()
+        .join(format!("{prefix}-{}", uuid::Uuid::new_v4()))
+}
+
+/// Removes a path in the background of an error path; failures are only logged.
+pub(crate) async fn remove_quietly(path: &Path) {
+    let result = if path.is_dir() {
+        tokio::fs::remove_dir_all(path).await
+    } else {
+        tokio::fs::remove_file(path).await
+    };
+    if let Err(e) = result
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove temp path");
+    }
+}
+
+/// Moves the fully built repository at `tmp` to `repo.path`: creates parents, makes
+/// an empty directory at the final path (AlreadyExists when taken) and renames onto it.
+/// With `adopt_empty_dir`, an empty directory already at the final path (left by an
+/// interrupted operation) is replaced instead of refused.
+pub(crate) async fn move_into_place(
+    tmp: &Path,
+    repo: &RepoPath,
+    adopt_empty_dir: bool,
+) -> Result<(), Status> {
+    if let Some(parent) = repo.path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| io_status("create parent directories", e))?;
+    }
+    let created = match tokio::fs::create_dir(&repo.path).await {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && adopt_empty_dir => false,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Status::already_exists("repository already exists"));
+        }
+        Err(e) => return Err(io_status("create repository directory", e)),
+    };
+    // rename(2) replaces an empty directory atomically and fails on a non-empty one.
+    if let Err(e) = tokio::fs::rename(tmp, &repo.path).await {
+        if created {
+            let _ = tokio::fs::remove_dir(&repo.path).await;
+        }
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOTEMPTY | libc::EEXIST | libc::ENOTDIR) => {
+                Status::already_exists("repository path is taken")
+            }
+            _ => io_status("move repository into place", e),
+        });
+    }
+    sync_dir(repo.path.parent()).await;
+    Ok(())
+}
+
+/// fsyncs a directory so a rename inside it survives a crash; best effort.
+pub(crate) async fn sync_dir(dir: Option<&Path>) {
+    let Some(dir) = dir.map(Path::to_path_buf) else {
+        return;
+    };
+    let _ =
+        tokio::task::spawn_blocking(move || std::fs::File::open(&dir).and_then(|f| f.sync_all()))
+            .await;
+}
+
+/// Validates a branch name given as `main` or `refs/heads/main`; returns the short name.
+async fn default_branch(node: &Node, requested: &str) -> Result<String, Status> {
+    let short = requested.strip_prefix("refs/heads/").unwrap_or(requested);
+    let short = if short.is_empty() { "main" } else { short };
+    let out = node
+        .git
+        .command(None)
+        .args(["check-ref-format"])
+        .args([format!("refs/heads/{short}")])
+        .output(&[])
+        .await?;
+    if !out.status.success() || short.starts_with('-') {
+        return Err(Status::invalid_argument(format!(
+            "invalid default branch {requested:?}"
+        )));
+    }
+    Ok(short.to_owned())
+}
+
+/// Runs `git init --bare` at `dir` (which must not exist yet).
+pub(crate) async fn init_bare(
+    node: &Node,
+    dir: &Path,
+    branch: &str,
+    format: &str,
+) -> Result<(), Status> {
+    node.git
+        .command(None)
+        .args(["init", "--bare", "--quiet"])
+        .args([
+            format!("--initial-branch={branch}"),
+            format!("--object-format={format}"),
+        ])
+        .args([dir])
+        .run()
+        .await?;
+    Ok(())
+}
+
+/// Sum of the sizes of every file under `dir` (symlinks not followed).
+fn dir_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Every repository under `root` (not descending into repositories, skipping the
+/// internal directory), with its directory mtime.
+fn walk_repositories(root: &Path) -> std::io::Result<Vec<(String, SystemTime)>> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            // A repository removed while we walk is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && d != root => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            if d == root && entry.file_name() == INTERNAL_DIR {
+                continue;
+            }
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            if is_git_repo(&path) {
+                let Ok(rel) = path.strip_prefix(root) else {
+                    continue;
+                };
+                let Some(rel) = rel.to_str() else {
+                    tracing::warn!(path = %path.display(), "skipping repository with a non-utf-8 path");
+                    continue;
+                };
+                let mtime = entry
+                    .metadata()?
+                    .modified()
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                found.push((rel.to_owned(), mtime));
+            } else {
+                stack.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[tonic::async_trait]
+impl RepositoryService for Repositories {
+    async fn create_repository(
+        &self,
+        request: Request<CreateRepositoryRequest>,
+    ) -> Result<Response<CreateRepositoryResponse>, Status> {
+        let req = request.into_inner();
+        let repo = self.node.storages.locate(req.repository.as_ref())?;
+        if repo.path.exists() {
+            return Err(Status::already_exists("repository already exists"));
+        }
+        let branch = default_branch(&self.node, &req.default_branch).await?;
+        let format = match ObjectFormat::try_from(req.object_format) {
+            Ok(ObjectFormat::Sha256) => "sha256",
+            Ok(ObjectFormat::Sha1 | ObjectFormat::Unspecified) => "sha1",
+            Err(_) => return Err(Status::invalid_argument("unknown object format")),
+        };
+        let tmp = temp_path(&repo, "create");
+        let result = async {
+            init_bare(&self.node, &tmp, &branch, format).await?;
+            move_into_place(&tmp, &repo, false).await
+        }
+        .await;
+        if result.is_err() {
+            remove_quietly(&tmp).await;
+        } else {
+            tracing::info!(storage = %repo.storage, relative_path = %repo.relative, "repository created");
+        }
+        result.map(|()| Response::new(CreateRepositoryResponse {}))
+    }
+
+    async fn repository_exists(
+        &self,
+        request: Request<RepositoryExistsRequest>,
+    ) -> Result<Response<RepositoryExistsResponse>, Status> {
+        let repo = self
+            .node
+            .storages
+            .locate(request.get_ref().repository.as_ref())?;
+        Ok(Response::new(RepositoryExistsResponse {
+            exists: repo.exists(),
+        }))
+    }
+
+    async fn remove_repository(
+        &self,
+        request: Request<RemoveRepositoryRequest>,
+    ) -> Result<Response<RemoveRepositoryResponse>, Status> {
+        let repo = self
+            .node
+            .storages
+            .locate(request.get_ref().repository.as_ref())?;
+        repo.require_exists()?;
+        let tmp = temp_path(&repo, "removed");
+        match tokio::fs::rename(&repo.path, &tmp).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Status::not_found("repository not found"));
+            }
+            Err(e) => return Err(io_status("move repository out of place", e)),
+        }
+        sync_dir(repo.path.parent()).await;
+        if let Err(e) = tokio::fs::remove_dir_all(&tmp).await {
+            // Out of sight already; start-up cleans the temp dir.
+            tracing::warn!(path = %tmp.display(), error = %e, "cannot delete removed repository");
+        }
+        tracing::info!(storage = %repo.storage, relative_path = %repo.relative, "repository removed");
+        Ok(Response::new(RemoveRepositoryResponse {}))
+    }
+
+    async fn repository_size(
+        &self,
+        request: Request<RepositorySizeRequest>,
+    ) -> Result<Response<RepositorySizeResponse>, Status> {
+        let repo = self
+            .node
+            .storages
+            .locate(request.get_ref().repository.as_ref())?;
+        repo.require_exists()?;
+        let path = repo.path.clone();
+        let size = tokio::task::spawn_blocking(move || dir_size(&path))
+            .await
+            .map_err(|e| Status::internal(format!("size task: {e}")))?
+            .map_err(|e| io_status("measure repository", e))?;
+        Ok(Response::new(RepositorySizeResponse { size_bytes: size }))
+    }
+
+    async fn calculate_checksum(
+        &self,
+        request: Request<CalculateChecksumRequest>,
+    ) -> Result<Response<CalculateChecksumResponse>, Status> {
+        let repo = self
+            .node
+            .storages
+            .locate(request.get_ref().repository.as_ref())?;
+        repo.require_exists()?;
+        let checksum = checksum(&self.node, &repo.path).await?;
+        Ok(Response::new(CalculateChecksumResponse { checksum }))
+    }
+
+    async fn replicate_repository(
+        &self,
+        request: Request<ReplicateRepositoryRequest>,
+    ) -> Result<Response<ReplicateRepositoryResponse>, Status> {
+        crate::replicate::replicate(&self.node, request.into_inner()).await?;
+        Ok(Response::new(ReplicateRepositoryResponse {}))
+    }
+
+    type ListRepositoriesStream = ResponseStream<ListRepositoriesResponse>;
+
+    async fn list_repositories(
+        &self,
+        request: Request<ListRepositoriesRequest>,
+    ) -> Result<Response<Self::ListRepositoriesStream>, Status> {
+        let root = self
+            .node
+            .storages
+            .root(&request.get_ref().storage_name)?
+            .to_path_buf();
+        let found = tokio::task::spawn_blocking(move || walk_repositories(&root))
+            .await
+            .map_err(|e| Status::internal(format!("walk task: {e}")))?
+            .map_err(|e| io_status("walk storage", e))?;
+        let (tx, stream) = channel();
+        tokio::spawn(async move {
+            for batch in found.chunks(LIST_BATCH) {
+                let repositories = batch
+                    .iter()
+                    .map(|(rel, mtime)| list_repositories_response::Entry {
+                        relative_path: rel.clone(),
+                        modified_at: Some(timestamp(*mtime)),
+                    })
+                    .collect();
+                if tx
+                    .send(Ok(ListRepositoriesResponse { repositories }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn optimize_repository(
+        &self,
+        request: Request<OptimizeRepositoryRequest>,
+    ) -> Result<Response<OptimizeRepositoryResponse>, Status> {
+        let repo = self
+            .node
+            .storages
+            .locate(request.get_ref().repository.as_ref())?;
+        repo.require_exists()?;
+        let git = &self.node.git;
+        git.command(Some(&repo.path))
+            .args(["pack-refs", "--all"])
+            .run()
+            .await?;
+        // -A keeps unreachable objects (loosened), never deleting them.
+        git.command(Some(&repo.path))
+            .args(["repack", "-A", "-d", "-l", "-q"])
+            .run()
+            .await?;
+        Ok(Response::new(OptimizeRepositoryResponse {}))
+    }
+}
+
+/// The Gitaly-compatible checksum of the repository at `dir` (see [`crate::checksum`]).
+pub async fn checksum(node: &Node, dir: &Path) -> Result<String, Status> {
+    let out = node
+        .git
+        .command(Some(dir))
+        .args(["show-ref", "--head"])
+        .output(&[])
+        .await?;
+    // show-ref exits 1 when there is no reference at all.
+    match out.status.code() {
+        Some(0) => Ok(checksum_of_show_ref(&out.stdout)),
+        Some(1) if out.stdout.is_empty() => Ok(checksum_of_show_ref(b"")),
+        _ => Err(Status::internal(format!(
+            "git show-ref failed: {}",
+            crate::git::last_line(&out.stderr)
+        ))),
+    }
+}

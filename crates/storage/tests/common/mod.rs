@@ -1,0 +1,251 @@
+//! In-process storage nodes on `127.0.0.1:0` with temp storages, and git helpers.
+#![allow(dead_code, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use gitcluster_proto::auth::BearerToken;
+use gitcluster_proto::v1::internal_service_client::InternalServiceClient;
+use gitcluster_proto::v1::object_service_client::ObjectServiceClient;
+use gitcluster_proto::v1::ref_service_client::RefServiceClient;
+use gitcluster_proto::v1::repository_service_client::RepositoryServiceClient;
+use gitcluster_proto::v1::smart_http_service_client::SmartHttpServiceClient;
+use gitcluster_proto::v1::{self, Repository};
+use gitcluster_storage::config::{Config, StorageConfig};
+use gitcluster_storage::{Listeners, serve};
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub type Authed = InterceptedService<Channel, BearerToken>;
+
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub url: String,
+    pub storage: String,
+    pub root: PathBuf,
+    pub token: Option<String>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn start(storage: &str, token: Option<&str>, transitioning: bool) -> TestNode {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join(storage);
+    let mut config = Config::with_storages(vec![StorageConfig {
+        name: storage.into(),
+        path: root.clone(),
+    }]);
+    config.token = token.map(str::to_owned);
+    config.auth_transitioning = transitioning;
+    config.ssh_helper = PathBuf::from(env!("CARGO_BIN_EXE_gitcluster-storage"));
+    let listeners = Listeners::bind(&config).await.expect("bind");
+    let addr = listeners.grpc_addr().expect("addr");
+    let admin_addr = listeners.admin.local_addr().expect("admin addr");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve(config, listeners, shutdown.clone()));
+    let root = root.canonicalize().unwrap_or(root);
+    TestNode {
+        addr,
+        admin_addr,
+        url: format!("http://{addr}"),
+        storage: storage.into(),
+        root,
+        token: token.map(str::to_owned),
+        shutdown,
+        task: Some(task),
+        _dir: dir,
+    }
+}
+
+impl TestNode {
+    pub fn repo(&self, rel: &str) -> Repository {
+        Repository {
+            storage_name: self.storage.clone(),
+            relative_path: rel.into(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        // The storage root is created by the server; wait for it briefly.
+        self.root
+            .canonicalize()
+            .unwrap_or_else(|_| self.root.clone())
+            .join(rel)
+    }
+
+    async fn channel(&self) -> Channel {
+        for _ in 0..100 {
+            if let Ok(c) = Channel::from_shared(self.url.clone())
+                .expect("url")
+                .connect()
+                .await
+            {
+                return c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("node at {} did not come up", self.url);
+    }
+
+    fn auth(&self, token: Option<&str>) -> BearerToken {
+        BearerToken::new(token).expect("token")
+    }
+
+    pub async fn repos_with(&self, token: Option<&str>) -> RepositoryServiceClient<Authed> {
+        RepositoryServiceClient::with_interceptor(self.channel().await, self.auth(token))
+    }
+    pub async fn repos(&self) -> RepositoryServiceClient<Authed> {
+        self.repos_with(self.token.clone().as_deref()).await
+    }
+    pub async fn refs(&self) -> RefServiceClient<Authed> {
+        RefServiceClient::with_interceptor(self.channel().await, self.auth(self.token.as_deref()))
+    }
+    pub async fn objects(&self) -> ObjectServiceClient<Authed> {
+        ObjectServiceClient::with_interceptor(
+            self.channel().await,
+            self.auth(self.token.as_deref()),
+        )
+    }
+    pub async fn smarthttp(&self) -> SmartHttpServiceClient<Authed> {
+        SmartHttpServiceClient::with_interceptor(
+            self.channel().await,
+            self.auth(self.token.as_deref()),
+        )
+    }
+    pub async fn internal(&self) -> InternalServiceClient<Authed> {
+        InternalServiceClient::with_interceptor(
+            self.channel().await,
+            self.auth(self.token.as_deref()),
+        )
+    }
+
+    pub async fn create(&self, rel: &str) {
+        self.repos()
+            .await
+            .create_repository(v1::CreateRepositoryRequest {
+                repository: Some(self.repo(rel)),
+                ..Default::default()
+            })
+            .await
+            .expect("create repository");
+    }
+
+    pub async fn checksum(&self, rel: &str) -> String {
+        self.repos()
+            .await
+            .calculate_checksum(v1::CalculateChecksumRequest {
+                repository: Some(self.repo(rel)),
+            })
+            .await
+            .expect("checksum")
+            .into_inner()
+            .checksum
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.expect("join").expect("clean shutdown");
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Runs git in a bare repository and returns trimmed stdout; panics on failure.
+pub async fn git(dir: &Path, args: &[&str], stdin: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "A U Thor")
+        .env("GIT_AUTHOR_EMAIL", "author@example.com")
+        .env("GIT_COMMITTER_NAME", "C O Mitter")
+        .env("GIT_COMMITTER_EMAIL", "committer@example.com")
+        .env("GIT_AUTHOR_DATE", "1700000000 +0100")
+        .env("GIT_COMMITTER_DATE", "1700000000 +0100")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn git");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).await.expect("write stdin");
+    drop(input);
+    let out = child.wait_with_output().await.expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Writes a commit with one file and the given parents; returns its oid.
+pub async fn commit(dir: &Path, content: &str, parents: &[&str]) -> String {
+    let blob = git(dir, &["hash-object", "-w", "--stdin"], content.as_bytes()).await;
+    let tree = git(
+        dir,
+        &["mktree"],
+        format!("100644 blob {blob}\tfile.txt\n").as_bytes(),
+    )
+    .await;
+    let message: String = content.chars().take(60).collect();
+    let mut args = vec!["commit-tree", tree.as_str(), "-m", message.as_str()];
+    for p in parents {
+        args.push("-p");
+        args.push(p);
+    }
+    git(dir, &args, b"").await
+}
+
+pub const ZERO_OID: &str = "0000000000000000000000000000000000000000";
+
+pub async fn update_ref(
+    node: &TestNode,
+    rel: &str,
+    reference: &str,
+    old: &str,
+    new: &str,
+) -> Result<(), tonic::Status> {
+    node.refs()
+        .await
+        .update_references(v1::UpdateReferencesRequest {
+            repository: Some(node.repo(rel)),
+            updates: vec![v1::update_references_request::Update {
+                reference: reference.into(),
+                old_oid: old.into(),
+                new_oid: new.into(),
+            }],
+        })
+        .await
+        .map(|_| ())
+}
+
+pub fn is_bare_repo(dir: &Path) -> bool {
+    dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir()
+}
+
+/// GETs `path` from the node's admin port; returns the whole HTTP response.
+pub async fn admin_get(node: &TestNode, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(node.admin_addr)
+        .await
+        .expect("connect admin");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}
