@@ -30,7 +30,9 @@ impl TestDb {
         let url = replace_db(&base_url(), &name);
         if migrated {
             let mut client = connect(&url).await;
-            gitcluster_migrations::migrate(&mut client, |_| {}).await.expect("migrate test database");
+            gitcluster_migrations::migrate(&mut client, |_| {})
+                .await
+                .expect("migrate test database");
         }
         TestDb { name, url }
     }
@@ -46,7 +48,10 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop needs async work: run it on a private runtime in its own thread.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -64,9 +69,13 @@ impl Drop for TestDb {
 
 /// Connects or panics with a hint on how to start PostgreSQL.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| {
-        panic!("cannot connect to PostgreSQL at {url}: {e}; `make test` starts it (see .ci/run)")
-    });
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to PostgreSQL at {url}: {e}; `make test` starts it (see .ci/run)"
+            )
+        });
     tokio::spawn(conn);
     client
 }

@@ -22,7 +22,10 @@ pub fn command(dir: &Path) -> Command {
 
 /// Runs git and returns its output whatever the exit status.
 pub fn run_output(dir: &Path, args: &[&str]) -> Output {
-    command(dir).args(args).output().unwrap_or_else(|e| panic!("run git {args:?}: {e}"))
+    command(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run git {args:?}: {e}"))
 }
 
 /// Runs git, panics on failure, returns trimmed stdout.
@@ -39,7 +42,15 @@ pub fn run(dir: &Path, args: &[&str]) -> String {
 
 /// `git for-each-ref` over branches and tags, as `<oid> <ref>` lines.
 pub fn refs(dir: &Path) -> String {
-    run(dir, &["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags"])
+    run(
+        dir,
+        &[
+            "for-each-ref",
+            "--format=%(objectname) %(refname)",
+            "refs/heads",
+            "refs/tags",
+        ],
+    )
 }
 
 /// The Gitaly-compatible checksum computed independently from `git show-ref --head`:
@@ -57,7 +68,9 @@ pub fn checksum_from_show_ref(dir: &Path) -> String {
     let out = run_output(dir, &["show-ref", "--head"]);
     let mut acc = [0u8; 20];
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some((_, name)) = line.split_once(' ') else { continue };
+        let Some((_, name)) = line.split_once(' ') else {
+            continue;
+        };
         if name == "HEAD" || PREFIXES.iter().any(|p| name.starts_with(p)) {
             let digest = Sha1::digest(line.as_bytes());
             for (a, d) in acc.iter_mut().zip(digest.iter()) {

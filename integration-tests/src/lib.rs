@@ -119,7 +119,10 @@ impl Member {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.log.parent().expect("log dir"))
             .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", std::env::var("GITCLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("GITCLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
@@ -193,7 +196,10 @@ impl Member {
             if let Ok((200, _)) = http_get(addr, "/healthz").await {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{name} not ready at {addr}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} not ready at {addr}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -213,8 +219,10 @@ impl Drop for Member {
 /// Minimal HTTP/1.0 GET for admin endpoints: `(status, body)`.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await??;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -223,7 +231,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("malformed response: {text:?}"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -233,7 +244,11 @@ pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -278,8 +293,15 @@ impl ClusterBuilder {
 
     /// Starts every member and waits until each is ready.
     pub async fn start(self) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("gitcluster-it-").tempdir().expect("temp dir");
-        let db = if self.database { Some(TestDb::create(true).await) } else { None };
+        let dir = tempfile::Builder::new()
+            .prefix("gitcluster-it-")
+            .tempdir()
+            .expect("temp dir");
+        let db = if self.database {
+            Some(TestDb::create(true).await)
+        } else {
+            None
+        };
         let mut cluster = Cluster {
             storages: Vec::new(),
             gateway: None,
@@ -295,11 +317,18 @@ impl ClusterBuilder {
             let port = free_port();
             let metrics = free_port();
             let mut env = BTreeMap::new();
-            env.insert("GITCLUSTER_GATEWAY_UPSTREAM_TOKEN".into(), self.token.clone());
+            env.insert(
+                "GITCLUSTER_GATEWAY_UPSTREAM_TOKEN".into(),
+                self.token.clone(),
+            );
             if let Some(t) = &self.gateway_auth {
                 env.insert("GITCLUSTER_GATEWAY_AUTH_TOKEN".into(), t.clone());
             }
-            let upstream = cluster.storages.first().map(|s| s.address.clone()).expect("a storage node");
+            let upstream = cluster
+                .storages
+                .first()
+                .map(|s| s.address.clone())
+                .expect("a storage node");
             let mut m = Member {
                 name: "gateway".into(),
                 binary: binary("gitcluster-gateway"),
@@ -416,7 +445,11 @@ impl Cluster {
 
     /// URL of a repository on storage node 1 through the gateway.
     pub fn repo_url(&self, relative_path: &str) -> String {
-        format!("{}/{}/{relative_path}", self.gateway_url(), self.storages[0].storage)
+        format!(
+            "{}/{}/{relative_path}",
+            self.gateway_url(),
+            self.storages[0].storage
+        )
     }
 
     /// A gRPC channel to storage node `i` (0-based).
@@ -458,7 +491,12 @@ impl Cluster {
         for m in self.members() {
             for line in m.log().lines() {
                 let error = line.contains("\"level\":\"ERROR\"") || line.contains(" ERROR ");
-                if error && !self.expected_errors.iter().any(|n| line.contains(n.as_str())) {
+                if error
+                    && !self
+                        .expected_errors
+                        .iter()
+                        .any(|n| line.contains(n.as_str()))
+                {
                     out.push(format!("{}: {line}", m.name));
                 }
             }
@@ -477,11 +515,16 @@ impl Drop for Cluster {
         }
         if std::thread::panicking() {
             // Keep the evidence of a failed test.
-            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+            let kept =
+                std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
             eprintln!("cluster logs and storages kept in {}", kept.display());
             return;
         }
         let errors = self.unexpected_errors();
-        assert!(errors.is_empty(), "unexpected ERROR log lines:\n{}", errors.join("\n"));
+        assert!(
+            errors.is_empty(),
+            "unexpected ERROR log lines:\n{}",
+            errors.join("\n")
+        );
     }
 }

@@ -46,8 +46,13 @@ impl TokenAuth {
                 "unauthenticated",
                 Status::unauthenticated("authentication required: missing bearer token"),
             ),
-            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => ("ok", Status::ok("")),
-            Some(_) => ("denied", Status::permission_denied("authentication failed: wrong token")),
+            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => {
+                ("ok", Status::ok(""))
+            }
+            Some(_) => (
+                "denied",
+                Status::permission_denied("authentication failed: wrong token"),
+            ),
         };
         let enforced = !self.transitioning;
         let label = match (enforced, status) {
@@ -115,7 +120,10 @@ mod tests {
     fn md(token: Option<&str>) -> tonic::metadata::MetadataMap {
         let mut m = tonic::metadata::MetadataMap::new();
         if let Some(t) = token {
-            m.insert("authorization", format!("Bearer {t}").parse().expect("ascii"));
+            m.insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("ascii"),
+            );
         }
         m
     }
@@ -124,7 +132,10 @@ mod tests {
     fn enforced_token_distinguishes_missing_and_wrong() {
         let auth = TokenAuth::new(Some("s3cret".into()), false);
         assert!(auth.check(&md(Some("s3cret"))).is_ok());
-        assert_eq!(auth.check(&md(None)).expect_err("missing").code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            auth.check(&md(None)).expect_err("missing").code(),
+            tonic::Code::Unauthenticated
+        );
         assert_eq!(
             auth.check(&md(Some("nope"))).expect_err("wrong").code(),
             tonic::Code::PermissionDenied

@@ -130,15 +130,24 @@ mod tests {
         };
         let json = serde_json::to_string(&job).expect("serialises");
         assert!(json.contains("\"change\":\"update\""), "{json}");
-        assert_eq!(serde_json::from_str::<ReplicationJob>(&json).expect("parses"), job);
+        assert_eq!(
+            serde_json::from_str::<ReplicationJob>(&json).expect("parses"),
+            job
+        );
     }
 
     #[test]
     fn names_follow_the_documented_scheme() {
         let n = BusNames::new("t1.");
         assert_eq!(n.replication_exchange(), "t1.replication");
-        assert_eq!(n.replication_queue("default", "gitaly-2"), "t1.replication.default.gitaly-2");
-        assert_eq!(BusNames::routing_key("default", "gitaly-2"), "default.gitaly-2");
+        assert_eq!(
+            n.replication_queue("default", "gitaly-2"),
+            "t1.replication.default.gitaly-2"
+        );
+        assert_eq!(
+            BusNames::routing_key("default", "gitaly-2"),
+            "default.gitaly-2"
+        );
         assert_eq!(n.retry_exchange(5000), "t1.replication.retry.5000ms");
         assert_eq!(n.dead_letter(), "t1.replication.dead");
     }

@@ -84,7 +84,10 @@ impl MethodInfo {
         let path = self.target_repository.as_ref()?;
         let repo = message_at(request, path)?;
         let storage = repo.get_field_by_name("storage_name")?.as_str()?.to_owned();
-        let relative = repo.get_field_by_name("relative_path")?.as_str()?.to_owned();
+        let relative = repo
+            .get_field_by_name("relative_path")?
+            .as_str()?
+            .to_owned();
         Some((storage, relative))
     }
 }
@@ -136,7 +139,9 @@ impl Registry {
                     reason,
                 };
                 let Some(op_ext) = op_ext.as_ref() else {
-                    problems.push(problem("extension gitcluster.v1.op_type is not defined".into()));
+                    problems.push(problem(
+                        "extension gitcluster.v1.op_type is not defined".into(),
+                    ));
                     continue;
                 };
                 match method_info(pool, &method, op_ext, &path) {
@@ -213,25 +218,38 @@ fn method_info(
     let additional = annotated(pool, &input, "additional_repository", &mut errors);
     let storage = annotated(pool, &input, "storage", &mut errors);
 
-    for (name, found) in [("target_repository", &target), ("additional_repository", &additional)]
-    {
+    for (name, found) in [
+        ("target_repository", &target),
+        ("additional_repository", &additional),
+    ] {
         for (_, field) in found {
             if !matches!(field.kind(), Kind::Message(m) if m.full_name() == REPOSITORY_MESSAGE) {
-                errors.push(format!("field {} marked ({name}) is not a Repository", field.full_name()));
+                errors.push(format!(
+                    "field {} marked ({name}) is not a Repository",
+                    field.full_name()
+                ));
             }
         }
     }
     for (_, field) in &storage {
         if field.kind() != Kind::String {
-            errors.push(format!("field {} marked (storage) is not a string", field.full_name()));
+            errors.push(format!(
+                "field {} marked (storage) is not a string",
+                field.full_name()
+            ));
         }
     }
-    let single = |found: Vec<(FieldPath, FieldDescriptor)>, name: &str, errors: &mut Vec<String>| {
-        if found.len() > 1 {
-            errors.push(format!("request {} has {} fields marked ({name})", input.full_name(), found.len()));
-        }
-        found.into_iter().next().map(|(p, _)| p)
-    };
+    let single =
+        |found: Vec<(FieldPath, FieldDescriptor)>, name: &str, errors: &mut Vec<String>| {
+            if found.len() > 1 {
+                errors.push(format!(
+                    "request {} has {} fields marked ({name})",
+                    input.full_name(),
+                    found.len()
+                ));
+            }
+            found.into_iter().next().map(|(p, _)| p)
+        };
     let target = single(target, "target_repository", &mut errors);
     let additional = single(additional, "additional_repository", &mut errors);
     let storage = single(storage, "storage", &mut errors);
@@ -276,7 +294,11 @@ fn annotated(
         return Vec::new();
     };
     let mut found = Vec::new();
-    let mut stack = vec![(msg.clone(), Vec::<u32>::new(), vec![msg.full_name().to_owned()])];
+    let mut stack = vec![(
+        msg.clone(),
+        Vec::<u32>::new(),
+        vec![msg.full_name().to_owned()],
+    )];
     while let Some((m, prefix, seen)) = stack.pop() {
         for field in m.fields() {
             let mut path = prefix.clone();

@@ -42,9 +42,23 @@ fn time_clones(scratch: &Path, url: &str, label: &str, runs: usize) -> Result<Du
     for i in 0..runs {
         let dest = scratch.join(format!("{label}-{i}"));
         let start = Instant::now();
-        let out = git::run_output(scratch, &["clone", "-q", "--bare", "--no-local", url, dest.to_str().context("utf-8 path")?]);
+        let out = git::run_output(
+            scratch,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                "--no-local",
+                url,
+                dest.to_str().context("utf-8 path")?,
+            ],
+        );
         times.push(start.elapsed());
-        ensure!(out.status.success(), "clone {url}: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "clone {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::remove_dir_all(&dest)?;
     }
     Ok(median(times))
