@@ -15,9 +15,10 @@ use gitcluster_proto::v1::{
     CalculateChecksumRequest, CalculateChecksumResponse, CreateRepositoryRequest,
     CreateRepositoryResponse, ListRepositoriesRequest, ListRepositoriesResponse, ObjectFormat,
     OptimizeRepositoryRequest, OptimizeRepositoryResponse, RemoveRepositoryRequest,
-    RemoveRepositoryResponse, ReplicateRepositoryRequest, ReplicateRepositoryResponse,
-    RepositoryExistsRequest, RepositoryExistsResponse, RepositorySizeRequest,
-    RepositorySizeResponse, list_repositories_response,
+    RemoveRepositoryResponse, RenameRepositoryRequest, RenameRepositoryResponse,
+    ReplicateRepositoryRequest, ReplicateRepositoryResponse, Repository, RepositoryExistsRequest,
+    RepositoryExistsResponse, RepositorySizeRequest, RepositorySizeResponse,
+    list_repositories_response,
 };
 use tonic::{Request, Response, Status};
 
@@ -291,6 +292,24 @@ impl RepositoryService for Repositories {
         }
         tracing::info!(storage = %repo.storage, relative_path = %repo.relative, "repository removed");
         Ok(Response::new(RemoveRepositoryResponse {}))
+    }
+
+    async fn rename_repository(
+        &self,
+        request: Request<RenameRepositoryRequest>,
+    ) -> Result<Response<RenameRepositoryResponse>, Status> {
+        let req = request.into_inner();
+        let repo = self.node.storages.locate(req.repository.as_ref())?;
+        let target = self.node.storages.locate(Some(&Repository {
+            storage_name: repo.storage.clone(),
+            relative_path: req.relative_path.clone(),
+        }))?;
+        repo.require_exists()?;
+        // The same mkdir + rename as creation: the new path is claimed atomically and
+        // the repository appears there whole, or the call fails with nothing moved.
+        move_into_place(&repo.path, &target, false).await?;
+        tracing::info!(storage = %repo.storage, from = %repo.relative, to = %target.relative, "repository renamed");
+        Ok(Response::new(RenameRepositoryResponse {}))
     }
 
     async fn repository_size(

@@ -571,3 +571,44 @@ async fn health_and_request_metrics_are_exposed() {
     );
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_moves_the_repository_whole_and_refuses_taken_or_bad_paths() {
+    let node = start("default", None, false).await;
+    let mut repos = node.repos().await;
+    node.create("old/name.git").await;
+    node.create("taken.git").await;
+    let before = node.checksum("old/name.git").await;
+    let rename = |from: &str, to: &str| v1::RenameRepositoryRequest {
+        repository: Some(node.repo(from)),
+        relative_path: to.into(),
+    };
+
+    let err = repos
+        .rename_repository(rename("old/name.git", "taken.git"))
+        .await
+        .expect_err("taken");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let err = repos
+        .rename_repository(rename("old/name.git", "../escape.git"))
+        .await
+        .expect_err("traversal");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = repos
+        .rename_repository(rename("missing.git", "new.git"))
+        .await
+        .expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        common::is_bare_repo(&node.path("old/name.git")),
+        "failed renames move nothing"
+    );
+
+    repos
+        .rename_repository(rename("old/name.git", "new/place.git"))
+        .await
+        .expect("rename");
+    assert!(!node.path("old/name.git").exists());
+    assert!(common::is_bare_repo(&node.path("new/place.git")));
+    assert_eq!(node.checksum("new/place.git").await, before);
+}
