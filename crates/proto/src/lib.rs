@@ -5,6 +5,8 @@
 
 pub mod admin;
 pub mod auth;
+#[cfg(feature = "bus")]
+pub mod bus;
 pub mod jobs;
 pub mod registry;
 pub mod shutdown;
