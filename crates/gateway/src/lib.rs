@@ -5,7 +5,6 @@
 //! [`run`] binds the listeners, then serves until the shutdown token fires. Tests that
 //! need the bound ports use [`Listeners::bind`] and [`serve`].
 
-pub mod abortable;
 pub mod client_auth;
 pub mod config;
 pub mod route;

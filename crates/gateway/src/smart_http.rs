@@ -36,6 +36,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _, TryStreamExt as _, stream};
 use gitcluster_proto::STREAM_CHUNK_BYTES;
+use gitcluster_proto::abortable::Outbound;
 use gitcluster_proto::v1::{
     CreateRepositoryRequest, InfoRefsRequest, InfoRefsResponse, PostReceivePackRequest,
     PostReceivePackResponse, PostUploadPackRequest, PostUploadPackResponse,
@@ -49,7 +50,6 @@ use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::{debug, info, warn};
 
-use crate::abortable::Outbound;
 use crate::client_auth::{self, AuthOutcome, ClientAuth};
 use crate::route::{self, Endpoint, GitService, RepoPath};
 use crate::upstream::{self, RepositoryClient, Upstream, plain};

@@ -14,7 +14,7 @@ use http::uri::PathAndQuery;
 use tonic::GrpcMethod;
 use tonic::codec::{CompressionEncoding, Streaming};
 
-use crate::abortable::{AbortableCodec, Outbound};
+use gitcluster_proto::abortable::{AbortableCodec, Outbound};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 

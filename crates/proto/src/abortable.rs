@@ -1,4 +1,4 @@
-//! A gRPC request stream that the gateway can abort in a way the server cannot mistake
+//! A gRPC request stream that a client can abort in a way the server cannot mistake
 //! for the end of the input.
 //!
 //! tonic's own `CancellationHandle` (and dropping a call) resets the HTTP/2 stream with
@@ -7,12 +7,14 @@
 //! take a truncated push for a complete one. Instead, the request stream yields
 //! [`Outbound::Abort`]; the codec fails to encode it, tonic fails the request body, and
 //! hyper resets the stream with `INTERNAL_ERROR`, which the server sees as an error.
-
-use std::marker::PhantomData;
+//!
+//! [`Abortable`] wraps any codec (the gateway wraps prost messages, the router raw
+//! bytes). A stream that yielded `Abort` should never end afterwards: stay pending
+//! until the reset has dropped it.
 
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
-use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+use tonic_prost::ProstCodec;
 
 /// One item of an abortable request stream.
 pub enum Outbound<M> {
@@ -22,45 +24,39 @@ pub enum Outbound<M> {
     Abort,
 }
 
-/// Protobuf codec whose encoder turns [`Outbound::Abort`] into a stream failure.
-pub struct AbortableCodec<M, R> {
-    inner: ProstCodec<M, R>,
-    _marker: PhantomData<fn() -> (M, R)>,
-}
+/// A codec whose encoder turns [`Outbound::Abort`] into a stream failure and encodes
+/// [`Outbound::Message`] with the inner codec `C`.
+#[derive(Debug, Default, Clone)]
+pub struct Abortable<C>(pub C);
 
-impl<M, R> Default for AbortableCodec<M, R> {
-    fn default() -> Self {
-        AbortableCodec {
-            inner: ProstCodec::default(),
-            _marker: PhantomData,
-        }
-    }
-}
+/// Protobuf codec with an abortable request stream.
+pub type AbortableCodec<M, R> = Abortable<ProstCodec<M, R>>;
 
-impl<M, R> Codec for AbortableCodec<M, R>
+impl<C> Codec for Abortable<C>
 where
-    M: prost::Message + Send + 'static,
-    R: prost::Message + Default + Send + 'static,
+    C: Codec,
+    C::Encoder: Encoder<Error = Status>,
 {
-    type Encode = Outbound<M>;
-    type Decode = R;
-    type Encoder = AbortableEncoder<M>;
-    type Decoder = ProstDecoder<R>;
+    type Encode = Outbound<C::Encode>;
+    type Decode = C::Decode;
+    type Encoder = AbortableEncoder<C::Encoder>;
+    type Decoder = C::Decoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        AbortableEncoder(self.inner.encoder())
+        AbortableEncoder(self.0.encoder())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        self.inner.decoder()
+        self.0.decoder()
     }
 }
 
-/// Encoder of [`AbortableCodec`].
-pub struct AbortableEncoder<M>(ProstEncoder<M>);
+/// Encoder of [`Abortable`].
+#[derive(Debug)]
+pub struct AbortableEncoder<E>(E);
 
-impl<M: prost::Message> Encoder for AbortableEncoder<M> {
-    type Item = Outbound<M>;
+impl<E: Encoder<Error = Status>> Encoder for AbortableEncoder<E> {
+    type Item = Outbound<E::Item>;
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {

@@ -3,6 +3,7 @@
 //! service needs to speak them (token auth, telemetry, the admin HTTP port, shutdown).
 //! No business logic and no SQL live here.
 
+pub mod abortable;
 pub mod admin;
 pub mod auth;
 #[cfg(feature = "bus")]

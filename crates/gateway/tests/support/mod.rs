@@ -1,25 +1,23 @@
-//! Test support: start the gateway in-process, speak raw HTTP/1.1 to it, and a
-//! recording `gitcluster.v1` upstream that stands in for the storage node (written in
-//! parallel) so the gateway's stream handling can be observed from the far side.
+//! Test support: raw HTTP/1.1 to a gateway, the gateway in-process for the few scenarios
+//! that need a configuration the harness does not offer (a dead upstream, a wrong
+//! upstream token), and helpers that make real git requests against the real storage
+//! node started by `gitcluster_integration_tests::Cluster`. Nothing here stands in for
+//! a service: every upstream call reaches `gitcluster-storage` and real `git`.
 
 #![allow(dead_code)]
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
-use futures::Stream;
 use gitcluster_gateway::{Config, Listeners};
-use gitcluster_proto::auth::TokenAuth;
-use gitcluster_proto::v1::repository_service_server::{RepositoryService, RepositoryServiceServer};
-use gitcluster_proto::v1::smart_http_service_server::{SmartHttpService, SmartHttpServiceServer};
-use gitcluster_proto::v1::*;
+use gitcluster_integration_tests::{Cluster, git, http_get, metric_sum};
+use gitcluster_proto::v1::CreateRepositoryRequest;
+use gitcluster_proto::v1::repository_service_client::RepositoryServiceClient;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
 
 /// A gateway running in this process.
 pub struct Gateway {
@@ -76,6 +74,15 @@ pub async fn dead_upstream() -> String {
     format!("http://{addr}")
 }
 
+/// The HTTP address of the cluster's gateway process.
+pub fn gateway_addr(cluster: &Cluster) -> SocketAddr {
+    cluster
+        .gateway_url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("gateway URL is http://<ip>:<port>")
+}
+
 /// A parsed HTTP response.
 #[derive(Debug)]
 pub struct Reply {
@@ -109,7 +116,7 @@ pub async fn send(addr: SocketAddr, head: &str, body: Vec<u8>) -> Reply {
         wr
     });
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut raw))
+    tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut raw))
         .await
         .expect("response in time")
         .expect("read response");
@@ -187,315 +194,12 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
-/// FNV-1a, to compare bodies without echoing them.
-pub fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    })
-}
-
-/// What the recording upstream saw.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Event {
-    InfoRefs {
-        rpc: &'static str,
-        repo: String,
-        git_protocol: String,
-        advertise_empty_if_missing: bool,
-    },
-    /// A Post* call received its first message.
-    Started {
-        rpc: &'static str,
-        repo: String,
-        git_protocol: String,
-        first_data_len: usize,
-    },
-    /// A Post* call's request stream finished: `clean` is a proper end-of-stream,
-    /// otherwise the stream failed (reset by the gateway) with `code`.
-    Finished {
-        rpc: &'static str,
-        repo: String,
-        bytes: usize,
-        max_message_data: usize,
-        clean: bool,
-        code: Option<tonic::Code>,
-    },
-    Created(String),
-    Removed(String),
-}
-
-/// Stand-in for a storage node that records what it receives.
-#[derive(Default)]
-pub struct Recorder {
-    events: Mutex<Vec<Event>>,
-    existing: Mutex<HashSet<String>>,
-}
-
-impl Recorder {
-    fn push(&self, e: Event) {
-        self.events.lock().expect("lock").push(e);
-    }
-    pub fn events(&self) -> Vec<Event> {
-        self.events.lock().expect("lock").clone()
-    }
-    pub fn add_repository(&self, repo: &str) {
-        self.existing.lock().expect("lock").insert(repo.to_owned());
-    }
-    pub fn exists(&self, repo: &str) -> bool {
-        self.existing.lock().expect("lock").contains(repo)
-    }
-    /// Waits (generously) for an event matching `pred`.
-    pub async fn wait_for(&self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
-        for _ in 0..1000 {
-            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
-                return e;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("upstream never saw {what}; saw {:?}", self.events());
-    }
-}
-
-fn repo_name(r: &Option<Repository>) -> String {
-    r.as_ref()
-        .map(|r| format!("{}/{}", r.storage_name, r.relative_path))
-        .unwrap_or_default()
-}
-
-#[derive(Clone)]
-struct FakeNode(Arc<Recorder>);
-
-/// Repository, data and git_protocol of one request message.
-type Parts = (Option<Repository>, Vec<u8>, String);
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-/// Reads a Post* request stream in a task, like a real node that starts `git` and
-/// returns its response stream at once, and answers once the input is complete.
-fn consume<Req, Resp>(
-    rec: Arc<Recorder>,
-    rpc: &'static str,
-    mut inbound: Streaming<Req>,
-    parts: fn(Req) -> Parts,
-    reply: fn(Vec<u8>) -> Resp,
-) -> BoxStream<Resp>
-where
-    Req: Send + 'static,
-    Resp: Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Resp, Status>>(4);
-    tokio::spawn(async move {
-        let (repo, first_data, git_protocol) = match inbound.message().await {
-            Ok(Some(m)) => parts(m),
-            _ => return,
-        };
-        let repo = repo_name(&repo);
-        rec.push(Event::Started {
-            rpc,
-            repo: repo.clone(),
-            git_protocol,
-            first_data_len: first_data.len(),
-        });
-        let mut all = first_data;
-        let mut max = 0;
-        let (clean, code) = loop {
-            match inbound.message().await {
-                Ok(Some(m)) => {
-                    let (_, data, _) = parts(m);
-                    max = max.max(data.len());
-                    all.extend_from_slice(&data);
-                }
-                Ok(None) => break (true, None),
-                Err(s) => break (false, Some(s.code())),
-            }
-        };
-        rec.push(Event::Finished {
-            rpc,
-            repo: repo.clone(),
-            bytes: all.len(),
-            max_message_data: max,
-            clean,
-            code,
-        });
-        if !clean {
-            return;
-        }
-        if repo.contains("fail") {
-            let _ = tx
-                .send(Err(Status::internal("pre-receive hook declined")))
-                .await;
-            return;
-        }
-        let summary = format!("len={} fnv={:x}\n", all.len(), fnv(&all));
-        let _ = tx.send(Ok(reply(summary.into_bytes()))).await;
-    });
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
-}
-
-#[tonic::async_trait]
-impl SmartHttpService for FakeNode {
-    type InfoRefsUploadPackStream = BoxStream<InfoRefsResponse>;
-    type InfoRefsReceivePackStream = BoxStream<InfoRefsResponse>;
-    type PostUploadPackStream = BoxStream<PostUploadPackResponse>;
-    type PostReceivePackStream = BoxStream<PostReceivePackResponse>;
-
-    async fn info_refs_upload_pack(
-        &self,
-        request: Request<InfoRefsRequest>,
-    ) -> Result<Response<Self::InfoRefsUploadPackStream>, Status> {
-        self.info_refs("InfoRefsUploadPack", request.into_inner())
-    }
-
-    async fn info_refs_receive_pack(
-        &self,
-        request: Request<InfoRefsRequest>,
-    ) -> Result<Response<Self::InfoRefsReceivePackStream>, Status> {
-        self.info_refs("InfoRefsReceivePack", request.into_inner())
-    }
-
-    async fn post_upload_pack(
-        &self,
-        request: Request<Streaming<PostUploadPackRequest>>,
-    ) -> Result<Response<Self::PostUploadPackStream>, Status> {
-        Ok(Response::new(consume(
-            self.0.clone(),
-            "PostUploadPack",
-            request.into_inner(),
-            |m| (m.repository, m.data, m.git_protocol),
-            |data| PostUploadPackResponse { data },
-        )))
-    }
-
-    async fn post_receive_pack(
-        &self,
-        request: Request<Streaming<PostReceivePackRequest>>,
-    ) -> Result<Response<Self::PostReceivePackStream>, Status> {
-        Ok(Response::new(consume(
-            self.0.clone(),
-            "PostReceivePack",
-            request.into_inner(),
-            |m| (m.repository, m.data, m.git_protocol),
-            |data| PostReceivePackResponse { data },
-        )))
-    }
-}
-
-impl FakeNode {
-    fn info_refs(
-        &self,
-        rpc: &'static str,
-        r: InfoRefsRequest,
-    ) -> Result<Response<BoxStream<InfoRefsResponse>>, Status> {
-        let repo = repo_name(&r.repository);
-        self.0.push(Event::InfoRefs {
-            rpc,
-            repo: repo.clone(),
-            git_protocol: r.git_protocol.clone(),
-            advertise_empty_if_missing: r.advertise_empty_if_missing,
-        });
-        if !self.0.exists(&repo) && !r.advertise_empty_if_missing {
-            return Err(Status::not_found("repository not found"));
-        }
-        let chunks = vec![
-            Ok(InfoRefsResponse {
-                data: b"001e# service=git-upload-pack\n0000".to_vec(),
-            }),
-            Ok(InfoRefsResponse {
-                data: format!("protocol={}", r.git_protocol).into_bytes(),
-            }),
-        ];
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
-    }
-}
-
-#[tonic::async_trait]
-impl RepositoryService for FakeNode {
-    async fn create_repository(
-        &self,
-        request: Request<CreateRepositoryRequest>,
-    ) -> Result<Response<CreateRepositoryResponse>, Status> {
-        let repo = repo_name(&request.into_inner().repository);
-        if !self.0.existing.lock().expect("lock").insert(repo.clone()) {
-            return Err(Status::already_exists("repository exists"));
-        }
-        self.0.push(Event::Created(repo));
-        Ok(Response::new(CreateRepositoryResponse {}))
-    }
-    async fn repository_exists(
-        &self,
-        request: Request<RepositoryExistsRequest>,
-    ) -> Result<Response<RepositoryExistsResponse>, Status> {
-        let repo = repo_name(&request.into_inner().repository);
-        Ok(Response::new(RepositoryExistsResponse {
-            exists: self.0.exists(&repo),
-        }))
-    }
-    async fn remove_repository(
-        &self,
-        request: Request<RemoveRepositoryRequest>,
-    ) -> Result<Response<RemoveRepositoryResponse>, Status> {
-        let repo = repo_name(&request.into_inner().repository);
-        self.0.existing.lock().expect("lock").remove(&repo);
-        self.0.push(Event::Removed(repo));
-        Ok(Response::new(RemoveRepositoryResponse {}))
-    }
-    async fn repository_size(
-        &self,
-        _: Request<RepositorySizeRequest>,
-    ) -> Result<Response<RepositorySizeResponse>, Status> {
-        Err(Status::unimplemented("not in the fake"))
-    }
-    async fn calculate_checksum(
-        &self,
-        _: Request<CalculateChecksumRequest>,
-    ) -> Result<Response<CalculateChecksumResponse>, Status> {
-        Err(Status::unimplemented("not in the fake"))
-    }
-    async fn replicate_repository(
-        &self,
-        _: Request<ReplicateRepositoryRequest>,
-    ) -> Result<Response<ReplicateRepositoryResponse>, Status> {
-        Err(Status::unimplemented("not in the fake"))
-    }
-    type ListRepositoriesStream = BoxStream<ListRepositoriesResponse>;
-    async fn list_repositories(
-        &self,
-        _: Request<ListRepositoriesRequest>,
-    ) -> Result<Response<Self::ListRepositoriesStream>, Status> {
-        Err(Status::unimplemented("not in the fake"))
-    }
-    async fn optimize_repository(
-        &self,
-        _: Request<OptimizeRepositoryRequest>,
-    ) -> Result<Response<OptimizeRepositoryResponse>, Status> {
-        Err(Status::unimplemented("not in the fake"))
-    }
-}
-
-/// Starts the recording upstream; with `token`, it enforces it like a storage node.
-pub async fn recording_upstream(token: Option<&str>) -> (String, Arc<Recorder>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let rec = Arc::new(Recorder::default());
-    let auth = TokenAuth::new(token.map(str::to_owned), false);
-    let node = FakeNode(rec.clone());
-    let smart = SmartHttpServiceServer::with_interceptor(node.clone(), auth.clone());
-    let repos = RepositoryServiceServer::with_interceptor(node, auth);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(smart)
-            .add_service(repos)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (format!("http://{addr}"), rec)
-}
-
 /// gzip-compresses `data` with the `gzip` CLI.
 pub async fn gzip(data: &[u8]) -> Vec<u8> {
     let mut child = tokio::process::Command::new("gzip")
         .arg("-c")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn gzip");
@@ -510,8 +214,181 @@ pub async fn gzip(data: &[u8]) -> Vec<u8> {
     out.stdout
 }
 
-/// Waits until `stream` (a raw client socket) sees the server close it.
-pub async fn drain(mut stream: TcpStream) {
-    let mut sink = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink)).await;
+/// One pkt-line of git's wire protocol.
+pub fn pkt_line(payload: &str) -> Vec<u8> {
+    format!("{:04x}{payload}", payload.len() + 4).into_bytes()
+}
+
+/// A work tree in the cluster's temp dir with one commit; returns its path and the commit.
+pub fn work_tree(cluster: &Cluster, name: &str) -> (PathBuf, String) {
+    let work = cluster.dir().join(name);
+    std::fs::create_dir_all(&work).expect("create work tree");
+    git::run(&work, &["init", "-q", "--initial-branch=main"]);
+    std::fs::write(work.join("README.md"), "hello\n").expect("write file");
+    let oid = git::commit_all(&work, "first");
+    (work, oid)
+}
+
+/// Pushes `main` of `work` through the cluster's gateway to `relative_path`.
+pub fn push_main(cluster: &Cluster, work: &Path, relative_path: &str) {
+    git::run(
+        work,
+        &["push", "-q", &cluster.repo_url(relative_path), "main"],
+    );
+}
+
+/// Creates an empty repository on storage node 1 over gRPC.
+pub async fn create_repository(cluster: &Cluster, relative_path: &str) {
+    RepositoryServiceClient::with_interceptor(cluster.channel(0).await, cluster.auth())
+        .create_repository(CreateRepositoryRequest {
+            repository: Some(cluster.repository(0, relative_path)),
+            ..Default::default()
+        })
+        .await
+        .expect("create repository");
+}
+
+/// Adds a commit with a 1 MiB incompressible file to `work` and returns a receive-pack
+/// request body moving `refs/heads/main` from `old` (`None`: creating it) to that
+/// commit, with the pack a real `git push` would send.
+pub fn push_request(work: &Path, old: Option<&str>) -> (Vec<u8>, String) {
+    git::write_random_file(&work.join("big.bin"), 1024 * 1024);
+    let new = git::commit_all(work, "big");
+    let revs = match old {
+        Some(old) => format!("{new}\n^{old}\n"),
+        None => format!("{new}\n"),
+    };
+    let pack = pipe_git(
+        work,
+        &["pack-objects", "--stdout", "--revs", "-q"],
+        revs.as_bytes(),
+    );
+    let zero = "0".repeat(40);
+    let old = old.unwrap_or(&zero);
+    let mut body = pkt_line(&format!("{old} {new} refs/heads/main\0report-status\n"));
+    body.extend_from_slice(b"0000");
+    body.extend_from_slice(&pack);
+    (body, new)
+}
+
+/// Runs git in `dir` with `input` on stdin; panics on failure; returns stdout.
+pub fn pipe_git(dir: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = git::command(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn git {args:?}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write as _;
+        // git may stop reading early on bad input; its exit status tells.
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("git output");
+    feeder.join().expect("feeder thread");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A protocol v0 fetch negotiation for `want` padded with `haves` unknown `have` lines,
+/// ending in `done`: the node answers `NAK` and a pack.
+pub fn upload_pack_request(want: &str, haves: usize) -> Vec<u8> {
+    let mut body = pkt_line(&format!("want {want} ofs-delta\n"));
+    body.extend_from_slice(b"0000");
+    for i in 0..haves {
+        // Object ids nobody has: the node must read (and ignore) every one of them.
+        body.extend_from_slice(&pkt_line(&format!("have {i:040x}\n")));
+    }
+    body.extend_from_slice(&pkt_line("done\n"));
+    body
+}
+
+/// Checks an upload-pack result: `NAK`, then a pack that real `git index-pack` accepts
+/// (in a scratch repository `scratch` under the cluster's dir) and that holds `want`.
+pub fn assert_pack_with(cluster: &Cluster, scratch: &str, result: &[u8], want: &str) {
+    assert!(
+        result.starts_with(b"0008NAK\n"),
+        "{:?}",
+        String::from_utf8_lossy(&result[..result.len().min(200)])
+    );
+    let pack = &result[8..];
+    assert!(pack.starts_with(b"PACK"), "a pack follows the NAK");
+    let scratch = cluster.dir().join(scratch);
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    git::run(&scratch, &["init", "-q", "--bare"]);
+    pipe_git(&scratch, &["index-pack", "--stdin", "--strict"], pack);
+    assert_eq!(git::run(&scratch, &["cat-file", "-t", want]), "commit");
+}
+
+/// Opens a POST to `path` on `addr`, sends `body` cut short the way `chunked` says, waits
+/// a moment so the gateway starts the upstream call, then drops the connection.
+///
+/// * `chunked`: the first half as one complete chunk, then the start of a chunk that
+///   never finishes (and no terminating zero-length chunk);
+/// * otherwise: `Content-Length` announces the whole body, half of it is sent.
+pub async fn interrupted_post(addr: SocketAddr, path: &str, body: &[u8], chunked: bool) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_owned()
+    } else {
+        format!("Content-Length: {}", body.len())
+    };
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-git-receive-pack-request\r\n{framing}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write head");
+    let half = &body[..body.len() / 2];
+    if chunked {
+        s.write_all(format!("{:x}\r\n", half.len()).as_bytes())
+            .await
+            .expect("write");
+        s.write_all(half).await.expect("write");
+        s.write_all(b"\r\n1000\r\nonly a bit of the next chunk")
+            .await
+            .expect("write");
+    } else {
+        s.write_all(half).await.expect("write");
+    }
+    s.flush().await.expect("flush");
+    // Let the gateway start streaming to the node before we vanish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+}
+
+/// Receive-pack requests the cluster's gateway process has answered so far.
+pub async fn receive_packs(cluster: &Cluster) -> anyhow::Result<f64> {
+    let addr = cluster
+        .gateway
+        .as_ref()
+        .expect("cluster has a gateway")
+        .member
+        .metrics_addr;
+    let (_, metrics) = http_get(addr, "/metrics").await?;
+    Ok(metric_sum(
+        &metrics,
+        "gitcluster_gateway_requests_total",
+        &[("service", "receive_pack")],
+    ))
+}
+
+/// The cluster gateway process's log so far.
+pub fn gateway_log(cluster: &Cluster) -> String {
+    cluster
+        .gateway
+        .as_ref()
+        .expect("cluster has a gateway")
+        .member
+        .log()
+}
+
+/// Whether `relative_path` is a directory on storage node 1's disk.
+pub fn on_disk(cluster: &Cluster, relative_path: &str) -> bool {
+    cluster.storages[0].root.join(relative_path).exists()
 }
