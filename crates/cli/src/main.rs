@@ -17,16 +17,18 @@ macro_rules! say {
 mod repository;
 mod sql;
 mod table;
+mod topology;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-/// Administer a gitcluster deployment: its database schema and its repositories.
+/// Administer a gitcluster deployment: its database schema, topology and repositories.
 #[derive(Debug, Parser)]
 #[command(name = "gitcluster", version)]
 struct Cli {
-    /// PostgreSQL URL of the cluster database (required by the sql-* commands).
+    /// PostgreSQL URL of the cluster database (required by the sql-*, topology and
+    /// list-storages commands).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
     /// Output format: `text` for people, `json` (one document on stdout) for scripts.
@@ -60,6 +62,25 @@ enum Command {
     /// The endpoint is a router or, directly, a storage node. The token comes from
     /// `GITCLUSTER_TOKEN` or `--token-file`.
     CreateRepository(repository::CreateArgs),
+    /// Change or show the cluster's virtual storages and storage nodes.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+    /// List every storage node: VIRTUAL_STORAGE, NODE, ADDRESS (as Praefect prints).
+    ListStorages(topology::ShowArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopologyCommand {
+    /// Make the database's topology match a TOML file, in one transaction.
+    ///
+    /// Adds and updates the virtual storages and storages of the file and removes those
+    /// not in it; applying the same file again changes nothing. Removing a storage that
+    /// is still the primary of a repository, or a virtual storage holding repositories,
+    /// is refused unless --force is given. Prints one line per change.
+    #[command(after_help = topology::TOPOLOGY_FILE_HELP)]
+    Apply(topology::ApplyArgs),
+    /// Show every virtual storage, its nodes and its default replication factor.
+    Show(topology::ShowArgs),
 }
 
 impl Command {
@@ -70,6 +91,9 @@ impl Command {
             Command::SqlMigrateStatus => "sql-migrate-status",
             Command::SqlMigrateDown(_) => "sql-migrate-down",
             Command::CreateRepository(_) => "create-repository",
+            Command::Topology(TopologyCommand::Apply(_)) => "topology apply",
+            Command::Topology(TopologyCommand::Show(_)) => "topology show",
+            Command::ListStorages(_) => "list-storages",
         }
     }
 }
@@ -105,6 +129,15 @@ fn main() -> ExitCode {
             Command::SqlMigrateStatus => sql::status(&database_url(), format).await,
             Command::SqlMigrateDown(args) => sql::migrate_down(&database_url(), args, format).await,
             Command::CreateRepository(args) => repository::create(args, format).await,
+            Command::Topology(TopologyCommand::Apply(args)) => {
+                topology::apply(&database_url(), args, format).await
+            }
+            Command::Topology(TopologyCommand::Show(args)) => {
+                topology::show(&database_url(), args, format).await
+            }
+            Command::ListStorages(args) => {
+                topology::list_storages(&database_url(), args, format).await
+            }
         }
     });
     match result {

@@ -38,7 +38,7 @@ pub(crate) struct MigrateDownArgs {
 }
 
 /// Operator commands fail fast: one attempt, no retry.
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+pub(crate) async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(schema::connect(url, Backoff::ONCE, |_, _, _| {}).await?)
 }
 
