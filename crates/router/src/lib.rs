@@ -1,63 +1,68 @@
-//! The router: a transparent gRPC proxy in front of the storage nodes. Per RPC it
-//! classifies the call, resolves repository metadata, and sends accessors to an
-//! up-to-date replica, mutators to the primary and maintenance to every replica.
+//! The router: a transparent gRPC proxy in front of the storage nodes (gitcluster's
+//! Praefect). Per RPC it classifies the call with the operation registry, resolves
+//! repository metadata (cached, invalidated by Postgres LISTEN/NOTIFY), and sends
+//! accessors to a healthy up-to-date replica, mutators to the primary followed by the
+//! generation bump and outbox jobs, and maintenance to every replica. See `proxy`.
 //!
-//! This is the skeleton: it binds its listeners, passes the schema gate and serves
-//! the admin port, but proxies nothing yet.
+//! Tasks and their failure policy:
+//! * `grpc` — the proxy server; its end ends the process.
+//! * `admin` — `/metrics` and `/healthz`; its failure ends the process.
+//! * `health` — probes storages every interval; never fails (errors are logged).
+//! * `listener` — LISTEN connection; reconnects forever (clearing the cache).
+//! * `outbox` — AMQP publisher; reconnects forever; the broker being down only
+//!   leaves jobs `pending`.
 
-use std::net::SocketAddr;
+pub mod codec;
+pub mod config;
+pub mod db;
+pub mod health;
+pub mod metadata;
+pub mod notifications;
+pub mod outbox;
+pub mod proxy;
+pub mod replica_path;
+pub mod topology;
 
-use anyhow::Context;
-use gitcluster_migrations::redact_url;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
 use gitcluster_proto::admin::{self, Readiness};
+use gitcluster_proto::auth::TokenAuth;
+use gitcluster_proto::jobs::BusNames;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// The router's configuration: every flag, its environment variable and default.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "gitcluster-router",
-    version,
-    about = "gitcluster router: gRPC proxy to the storage nodes"
-)]
-pub struct Config {
-    /// Address of the gRPC proxy (bound, not served yet).
-    #[arg(long, env = "GITCLUSTER_ROUTER_LISTEN", default_value = "0.0.0.0:2305")]
-    pub listen: SocketAddr,
-    /// Address of the admin HTTP port serving `/metrics` and `/healthz`.
-    #[arg(
-        long,
-        env = "GITCLUSTER_ROUTER_METRICS_LISTEN",
-        default_value = "0.0.0.0:9652"
-    )]
-    pub metrics_listen: SocketAddr,
-    /// PostgreSQL URL of the cluster database.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// Print the effective configuration (secrets redacted) and exit.
-    #[arg(long)]
-    pub dump_config: bool,
-}
+pub use config::Config;
 
-impl Config {
-    /// Checks what clap cannot; the message never contains a secret.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        self.database_url
-            .parse::<tokio_postgres::Config>()
-            .map(drop)
-            .context("--database-url is not a valid PostgreSQL URL")
-    }
+use crate::health::HealthObserver;
+use crate::metadata::MetadataCache;
+use crate::outbox::Outbox;
+use crate::proxy::{Coordinator, Proxy};
+use crate::topology::TopologyHandle;
 
-    /// The effective configuration as `key = "value"` lines, secrets redacted.
-    pub fn dump(&self) -> String {
-        format!(
-            "listen = \"{}\"\nmetrics_listen = \"{}\"\ndatabase_url = \"{}\"\n",
-            self.listen,
-            self.metrics_listen,
-            redact_url(&self.database_url)
-        )
+/// Name the router publishes under (`app_id`) and shows in the broker UI.
+const SERVICE: &str = "gitcluster-router";
+
+/// How long in-flight calls may take to finish after shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The process-wide Prometheus handle; installed on first use (tests may run several
+/// routers in one process, and a recorder can be installed only once).
+fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut guard = HANDLE
+        .lock()
+        .map_err(|_| anyhow::anyhow!("metrics handle lock poisoned"))?;
+    if let Some(h) = guard.as_ref() {
+        return Ok(h.clone());
     }
+    let h = admin::install_metrics().context("install metrics recorder")?;
+    *guard = Some(h.clone());
+    Ok(h)
 }
 
 /// Runs the router until `shutdown` fires. Fails with a
@@ -68,17 +73,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .context("bind metrics listener")?;
     info!(addr = %metrics.local_addr()?, "metrics listener bound");
-    // Held so that a port clash fails start-up now rather than when proxying lands.
     let grpc = TcpListener::bind(config.listen)
         .await
         .context("bind grpc listener")?;
-    info!(addr = %grpc.local_addr()?, "grpc listener bound");
+    let grpc_addr = grpc.local_addr()?;
+    info!(addr = %grpc_addr, "grpc listener bound");
 
-    // The admin port answers 503 on /healthz until the schema gate passes.
+    // The admin port answers 503 on /healthz until the router serves.
     let ready = Readiness::default();
-    let admin = tokio::spawn(admin::serve(
+    let mut admin = tokio::spawn(admin::serve(
         metrics,
-        admin::install_metrics()?,
+        metrics_handle()?,
         ready.clone(),
         shutdown.clone(),
     ));
@@ -88,15 +93,101 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }) => drop(gate?),
         () = shutdown.cancelled() => return Ok(()),
     }
-    ready.set(true);
-    info!("router skeleton ready: schema verified; no work loops yet");
 
-    // The admin port is the only task: it returns when shutdown fires, or early on
-    // failure, which ends the process non-zero.
-    admin
-        .await
-        .context("admin port task")?
-        .context("serve admin port")?;
-    drop(grpc);
-    Ok(())
+    let pool = db::pool(&config.database_url)?;
+    let topology = Arc::new(TopologyHandle::new(config.internal_token.as_deref())?);
+    {
+        let client = pool.get().await.context("connect to database")?;
+        topology.reload(&client).await?;
+    }
+    let cache = Arc::new(MetadataCache::new(pool.clone()));
+    let health = Arc::new(HealthObserver::default());
+    let observer = config.observer_name();
+    // One round before serving, so the first requests see real health.
+    health
+        .round(&topology, &pool, &observer, config.health_interval())
+        .await;
+    let outbox = Outbox::new(pool.clone(), SERVICE);
+
+    let tasks = CancellationToken::new();
+    let background = [
+        tokio::spawn(health.clone().run(
+            topology.clone(),
+            pool.clone(),
+            observer.clone(),
+            config.health_interval(),
+            tasks.clone(),
+        )),
+        tokio::spawn(notifications::listen(
+            config.database_url.clone(),
+            cache.clone(),
+            topology.clone(),
+            tasks.clone(),
+        )),
+        tokio::spawn(outbox.clone().supervise(
+            config.amqp_url.clone(),
+            BusNames::new(&config.bus_prefix),
+            topology.clone(),
+            tasks.clone(),
+        )),
+    ];
+
+    if config.token.is_none() {
+        warn!("GITCLUSTER_ROUTER_TOKEN is not set: clients are not authenticated");
+    }
+    let coordinator = Arc::new(Coordinator {
+        topology,
+        cache,
+        health,
+        outbox,
+        pool: pool.clone(),
+        auth: TokenAuth::new(config.token.clone(), false),
+    });
+    let (_health_reporter, health_service) = tonic_health::server::health_reporter();
+    let routes = tonic::service::Routes::new(health_service)
+        .add_service(gitcluster_proto::reflection_service()?)
+        .prepare()
+        .into_axum_router()
+        .fallback_service(Proxy(coordinator));
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_routes(tonic::service::Routes::from(routes))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc),
+            shutdown.clone().cancelled_owned(),
+        );
+    let mut server = tokio::spawn(server);
+    ready.set(true);
+    info!(addr = %grpc_addr, observer = %observer, "router serving");
+
+    // Shutdown order: the server stops accepting and drains in-flight calls (bounded);
+    // then the background loops stop; publishes not confirmed by then stay `pending`
+    // for the outbox relay; the pool closes last.
+    let result = tokio::select! {
+        r = &mut server => r.context("grpc server task")?.context("serve grpc"),
+        r = &mut admin => {
+            r.context("admin port task")?.context("serve admin port")?;
+            Err(anyhow::anyhow!("admin port stopped unexpectedly"))
+        }
+        () = shutdown.cancelled() => {
+            ready.set(false);
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+                Ok(r) => r.context("grpc server task")?.context("serve grpc"),
+                Err(_) => {
+                    warn!(timeout = ?DRAIN_TIMEOUT, "in-flight calls did not finish; abandoning them");
+                    Ok(())
+                }
+            }
+        }
+    };
+    tasks.cancel();
+    for task in background {
+        let _ = task.await;
+    }
+    if !admin.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut admin).await;
+    }
+    pool.close();
+    result
 }

@@ -1,0 +1,140 @@
+//! Configuration of `gitcluster-router`: every flag, its environment variable and
+//! default.
+//!
+//! | flag | environment | default |
+//! |---|---|---|
+//! | `--listen` | `GITCLUSTER_ROUTER_LISTEN` | `0.0.0.0:2305` |
+//! | `--metrics-listen` | `GITCLUSTER_ROUTER_METRICS_LISTEN` | `0.0.0.0:9652` |
+//! | `--database-url` | `DATABASE_URL` | required |
+//! | `--amqp-url` | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` |
+//! | `--bus-prefix` | `GITCLUSTER_BUS_PREFIX` | `gitcluster` |
+//! | `--name` | `GITCLUSTER_ROUTER_NAME` | `<hostname>:<listen>` |
+//! | `--health-interval-ms` | `GITCLUSTER_ROUTER_HEALTH_INTERVAL_MS` | `1000` |
+//! | (env only) | `GITCLUSTER_ROUTER_TOKEN` | unset: clients are not authenticated |
+//! | (env only) | `GITCLUSTER_INTERNAL_TOKEN` | unset: no token sent to storage nodes |
+//! | `--dump-config` | | prints the effective config (secrets redacted) and exits |
+//!
+//! Secrets are read from the environment only, so they never show up in `ps`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use gitcluster_migrations::redact_url;
+
+/// Environment variable holding the token clients must present.
+pub const ENV_TOKEN: &str = "GITCLUSTER_ROUTER_TOKEN";
+/// Environment variable holding the token sent to storage nodes.
+pub const ENV_INTERNAL_TOKEN: &str = "GITCLUSTER_INTERNAL_TOKEN";
+
+fn secret(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The router's configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "gitcluster-router",
+    version,
+    about = "gitcluster router: gRPC proxy to the storage nodes"
+)]
+pub struct Config {
+    /// Address of the gRPC proxy.
+    #[arg(long, env = "GITCLUSTER_ROUTER_LISTEN", default_value = "0.0.0.0:2305")]
+    pub listen: SocketAddr,
+    /// Address of the admin HTTP port serving `/metrics` and `/healthz`.
+    #[arg(
+        long,
+        env = "GITCLUSTER_ROUTER_METRICS_LISTEN",
+        default_value = "0.0.0.0:9652"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// PostgreSQL URL of the cluster database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// RabbitMQ URL of the job bus. The router starts and serves without it; jobs
+    /// then stay `pending` until the reconciler relays them.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Prefix of every exchange and queue name.
+    #[arg(long, env = "GITCLUSTER_BUS_PREFIX", default_value = "gitcluster")]
+    pub bus_prefix: String,
+    /// Name of this router as a health observer (`node_status.observer`).
+    #[arg(long, env = "GITCLUSTER_ROUTER_NAME")]
+    pub name: Option<String>,
+    /// Interval between two health probes of every storage node; a probe times out
+    /// after the same time.
+    #[arg(
+        long,
+        env = "GITCLUSTER_ROUTER_HEALTH_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    pub health_interval_ms: u64,
+    /// Token clients must present (env `GITCLUSTER_ROUTER_TOKEN` only).
+    #[arg(skip = secret(ENV_TOKEN))]
+    pub token: Option<String>,
+    /// Token sent to storage nodes (env `GITCLUSTER_INTERNAL_TOKEN` only).
+    #[arg(skip = secret(ENV_INTERNAL_TOKEN))]
+    pub internal_token: Option<String>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub dump_config: bool,
+}
+
+impl Config {
+    /// Checks what clap cannot; the message never contains a secret.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.database_url
+            .parse::<tokio_postgres::Config>()
+            .map(drop)
+            .context("--database-url is not a valid PostgreSQL URL")?;
+        anyhow::ensure!(
+            self.health_interval_ms >= 10,
+            "--health-interval-ms must be at least 10"
+        );
+        anyhow::ensure!(
+            !self.bus_prefix.is_empty(),
+            "--bus-prefix must not be empty"
+        );
+        Ok(())
+    }
+
+    /// The observer name: `--name`, or `<hostname>:<listen>`.
+    pub fn observer_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".into());
+            format!("{host}:{}", self.listen)
+        })
+    }
+
+    /// The health probe interval.
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms)
+    }
+
+    /// The effective configuration as `key = "value"` lines, secrets redacted.
+    pub fn dump(&self) -> String {
+        let set = |s: &Option<String>| if s.is_some() { "***" } else { "" };
+        format!(
+            "listen = \"{}\"\nmetrics_listen = \"{}\"\ndatabase_url = \"{}\"\n\
+             amqp_url = \"{}\"\nbus_prefix = \"{}\"\nname = \"{}\"\n\
+             health_interval_ms = {}\ntoken = \"{}\"\ninternal_token = \"{}\"\n",
+            self.listen,
+            self.metrics_listen,
+            redact_url(&self.database_url),
+            redact_url(&self.amqp_url),
+            self.bus_prefix,
+            self.observer_name(),
+            self.health_interval_ms,
+            set(&self.token),
+            set(&self.internal_token),
+        )
+    }
+}

@@ -1,0 +1,332 @@
+//! Postgres access: the pool, the one place SQLSTATEs become gRPC statuses, and the
+//! multi-statement changes the router makes (each one transaction).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use deadpool_postgres::{
+    Config as PoolConfig, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
+};
+use gitcluster_proto::jobs::{Change, ReplicationJob};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use tonic::Status;
+
+const BUMP_GENERATION: &str = include_str!("queries/bump_generation.sql");
+const WRITE_TARGETS: &str = include_str!("queries/write_targets.sql");
+const INSERT_JOBS: &str = include_str!("queries/insert_jobs.sql");
+const RESERVE_ID: &str = include_str!("queries/reserve_repository_id.sql");
+const DELETE_REPOSITORY: &str = include_str!("queries/delete_repository.sql");
+
+/// Builds the connection pool (connections are opened on demand).
+pub fn pool(url: &str) -> anyhow::Result<Pool> {
+    let mut cfg = PoolConfig::new();
+    cfg.url = Some(url.to_owned());
+    cfg.manager = Some(ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    });
+    let mut pc = deadpool_postgres::PoolConfig::new(16);
+    pc.timeouts = Timeouts {
+        wait: Some(Duration::from_secs(5)),
+        create: Some(Duration::from_secs(5)),
+        recycle: Some(Duration::from_secs(5)),
+    };
+    cfg.pool = Some(pc);
+    cfg.create_pool(Some(Runtime::Tokio1), NoTls)
+        .context("create database pool")
+}
+
+/// The gRPC status for a database error: the one place SQLSTATEs are interpreted.
+///
+/// A unique violation can only come from `(virtual_storage, relative_path)`, so it
+/// means the repository already exists. A lost connection is Unavailable (retrying
+/// may work); anything else is Internal.
+pub fn status(what: &str, e: &tokio_postgres::Error) -> Status {
+    match e.code() {
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION => {
+            Status::already_exists("repository already exists")
+        }
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE => {
+            Status::aborted(format!("{what}: serialization failure, retry"))
+        }
+        Some(_) => Status::internal(format!("{what}: {e}")),
+        None => Status::unavailable(format!("{what}: database unavailable: {e}")),
+    }
+}
+
+/// The gRPC status for a pool checkout failure.
+pub fn pool_status(e: PoolError) -> Status {
+    match e {
+        PoolError::Backend(e) => status("connect to database", &e),
+        other => Status::unavailable(format!("database unavailable: {other}")),
+    }
+}
+
+/// What identifies a repository in jobs.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// Repository id.
+    pub repository_id: i64,
+    /// Its virtual storage.
+    pub virtual_storage: String,
+    /// Its client-visible path.
+    pub relative_path: String,
+    /// Its replica path.
+    pub replica_path: String,
+    /// W3C trace context of the request, stored with the job.
+    pub traceparent: Option<String>,
+}
+
+impl JobContext {
+    fn trace_json(&self) -> serde_json::Value {
+        match &self.traceparent {
+            Some(tp) => serde_json::json!({ "traceparent": tp }),
+            None => serde_json::json!({}),
+        }
+    }
+
+    fn jobs(&self, source: &str, targets: Vec<String>) -> Vec<ReplicationJob> {
+        targets
+            .into_iter()
+            .map(|target| ReplicationJob {
+                job_id: gitcluster_proto::bus::new_job_id().to_string(),
+                change: Change::Update,
+                repository_id: self.repository_id,
+                virtual_storage: self.virtual_storage.clone(),
+                relative_path: self.relative_path.clone(),
+                replica_path: self.replica_path.clone(),
+                source_storage: Some(source.to_owned()),
+                target_storage: target,
+            })
+            .collect()
+    }
+}
+
+async fn insert_jobs(
+    tx: &tokio_postgres::Transaction<'_>,
+    ctx: &JobContext,
+    jobs: &[ReplicationJob],
+) -> Result<(), tokio_postgres::Error> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<uuid::Uuid> = jobs
+        .iter()
+        .map(|j| uuid::Uuid::parse_str(&j.job_id).expect("job ids are generated as UUIDs"))
+        .collect();
+    let targets: Vec<&str> = jobs.iter().map(|j| j.target_storage.as_str()).collect();
+    let source = jobs[0].source_storage.as_deref();
+    tx.execute(
+        INSERT_JOBS,
+        &[
+            &ids,
+            &ctx.repository_id,
+            &ctx.virtual_storage,
+            &source,
+            &ctx.trace_json(),
+            &targets,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records a write the primary applied: generation + 1 on the primary and one
+/// `update` job per other assigned storage, in one transaction so a recorded
+/// generation always comes with the jobs that will spread it. Returns the jobs to
+/// publish after commit.
+pub async fn finalize_write(
+    pool: &Pool,
+    ctx: &JobContext,
+    primary: &str,
+) -> anyhow::Result<Vec<ReplicationJob>> {
+    let mut client = pool.get().await.context("get database connection")?;
+    let tx = client.transaction().await.context("begin transaction")?;
+    let row = tx
+        .query_opt(BUMP_GENERATION, &[&ctx.repository_id, &primary])
+        .await
+        .context("bump generation")?;
+    anyhow::ensure!(row.is_some(), "repository was deleted during the write");
+    let targets: Vec<String> = tx
+        .query(
+            WRITE_TARGETS,
+            &[&ctx.repository_id, &ctx.virtual_storage, &primary],
+        )
+        .await
+        .context("read write targets")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let jobs = ctx.jobs(primary, targets);
+    insert_jobs(&tx, ctx, &jobs)
+        .await
+        .context("insert replication jobs")?;
+    tx.commit().await.context("commit write")?;
+    Ok(jobs)
+}
+
+/// Reserves an id for a new repository; AlreadyExists when the path is taken.
+pub async fn reserve_repository_id(
+    pool: &Pool,
+    virtual_storage: &str,
+    relative_path: &str,
+) -> Result<i64, Status> {
+    let client = pool.get().await.map_err(pool_status)?;
+    let row = client
+        .query_opt(RESERVE_ID, &[&virtual_storage, &relative_path])
+        .await
+        .map_err(|e| status("reserve repository id", &e))?;
+    row.map(|r| r.get(0))
+        .ok_or_else(|| Status::already_exists("repository already exists"))
+}
+
+/// The record of a repository whose replicas were just created.
+#[derive(Debug, Clone)]
+pub struct NewRepository {
+    /// Ids, paths and trace context.
+    pub ctx: JobContext,
+    /// The primary.
+    pub primary: String,
+    /// Assigned storages (the primary included).
+    pub assigned: Vec<String>,
+    /// Storages where the replica was created (the primary included).
+    pub created: Vec<String>,
+}
+
+/// Inserts the record of a new repository with its assignments, its created replicas
+/// at generation 0 and an `update` job for every assigned storage that has no
+/// replica, in one transaction: either the repository exists with all of that, or
+/// not at all. A concurrent creation of the same path makes this fail with
+/// AlreadyExists. Returns the jobs to publish after commit.
+pub async fn insert_repository(
+    pool: &Pool,
+    repo: &NewRepository,
+) -> Result<Vec<ReplicationJob>, Status> {
+    let ctx = &repo.ctx;
+    let mut client = pool.get().await.map_err(pool_status)?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| status("begin transaction", &e))?;
+    tx.execute(
+        "INSERT INTO repositories \
+             (repository_id, virtual_storage, relative_path, replica_path, \"primary\", generation) \
+         VALUES ($1, $2, $3, $4, $5, 0)",
+        &[
+            &ctx.repository_id,
+            &ctx.virtual_storage,
+            &ctx.relative_path,
+            &ctx.replica_path,
+            &repo.primary,
+        ],
+    )
+    .await
+    .map_err(|e| status("insert repository", &e))?;
+    tx.execute(
+        "INSERT INTO repository_assignments (repository_id, storage) \
+         SELECT $1, unnest($2::text[])",
+        &[&ctx.repository_id, &repo.assigned],
+    )
+    .await
+    .map_err(|e| status("insert assignments", &e))?;
+    tx.execute(
+        "INSERT INTO storage_repositories (repository_id, storage, generation) \
+         SELECT $1, unnest($2::text[]), 0",
+        &[&ctx.repository_id, &repo.created],
+    )
+    .await
+    .map_err(|e| status("insert replicas", &e))?;
+    let missing: Vec<String> = repo
+        .assigned
+        .iter()
+        .filter(|s| !repo.created.contains(s))
+        .cloned()
+        .collect();
+    let jobs = ctx.jobs(&repo.primary, missing);
+    insert_jobs(&tx, ctx, &jobs)
+        .await
+        .map_err(|e| status("insert replication jobs", &e))?;
+    tx.commit()
+        .await
+        .map_err(|e| status("commit repository", &e))?;
+    Ok(jobs)
+}
+
+/// What a deletion removed from the metadata.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    /// Id of the deleted repository.
+    pub repository_id: i64,
+    /// Its replica path.
+    pub replica_path: String,
+    /// Storages that had a replica.
+    pub storages: Vec<String>,
+}
+
+/// Deletes a repository record; `None` when it does not exist.
+pub async fn delete_repository(
+    pool: &Pool,
+    virtual_storage: &str,
+    relative_path: &str,
+) -> Result<Option<Deleted>, Status> {
+    let client = pool.get().await.map_err(pool_status)?;
+    let row = client
+        .query_opt(DELETE_REPOSITORY, &[&virtual_storage, &relative_path])
+        .await
+        .map_err(|e| status("delete repository", &e))?;
+    Ok(row.map(|r| Deleted {
+        repository_id: r.get(0),
+        replica_path: r.get(1),
+        storages: r.get(2),
+    }))
+}
+
+/// Renames a repository in the metadata only; `None` when it does not exist,
+/// AlreadyExists when the new path is taken. Returns the repository id.
+pub async fn rename_repository(
+    pool: &Pool,
+    virtual_storage: &str,
+    from: &str,
+    to: &str,
+) -> Result<Option<i64>, Status> {
+    let client = pool.get().await.map_err(pool_status)?;
+    let row = client
+        .query_opt(
+            "UPDATE repositories SET relative_path = $3 \
+             WHERE virtual_storage = $1 AND relative_path = $2 RETURNING repository_id",
+            &[&virtual_storage, &from, &to],
+        )
+        .await
+        .map_err(|e| status("rename repository", &e))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Relative paths of every repository of a virtual storage, sorted.
+pub async fn list_repositories(pool: &Pool, virtual_storage: &str) -> Result<Vec<String>, Status> {
+    let client = pool.get().await.map_err(pool_status)?;
+    let rows = client
+        .query(
+            "SELECT relative_path FROM repositories WHERE virtual_storage = $1 \
+             ORDER BY relative_path",
+            &[&virtual_storage],
+        )
+        .await
+        .map_err(|e| status("list repositories", &e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Marks a job published once the broker confirmed it; a job that already moved on
+/// (the replicator was faster than this update) is left alone.
+pub async fn mark_published(pool: &Pool, job_id: &str) -> anyhow::Result<()> {
+    let id = uuid::Uuid::parse_str(job_id).context("parse job id")?;
+    let client = pool.get().await.context("get database connection")?;
+    client
+        .execute(
+            "UPDATE replication_jobs SET state = 'published', published_at = now(), \
+             updated_at = now() WHERE id = $1 AND state = 'pending'",
+            &[&id],
+        )
+        .await
+        .context("mark job published")?;
+    Ok(())
+}

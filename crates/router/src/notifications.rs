@@ -1,0 +1,121 @@
+//! The LISTEN connection: a dedicated, non-pooled Postgres connection (pooled ones
+//! drop notifications) listening on `gitcluster_metadata` (drop that repository's
+//! cache entries) and `gitcluster_topology` (reload the topology).
+//!
+//! Notifications sent while disconnected are lost, so every (re)connect clears the
+//! metadata cache and reloads the topology before trusting notifications again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::metadata::MetadataCache;
+use crate::topology::TopologyHandle;
+
+/// Channel carrying `{table, repository_id}` for every metadata change.
+pub const METADATA_CHANNEL: &str = "gitcluster_metadata";
+/// Channel notified when storages or virtual storages change.
+pub const TOPOLOGY_CHANNEL: &str = "gitcluster_topology";
+
+#[derive(serde::Deserialize)]
+struct MetadataChange {
+    repository_id: i64,
+}
+
+/// Listens until `shutdown` fires, reconnecting with backoff.
+pub async fn listen(
+    url: String,
+    cache: Arc<MetadataCache>,
+    topology: Arc<TopologyHandle>,
+    shutdown: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let session = session(&url, &cache, &topology, &mut delay);
+        tokio::select! {
+            result = session => {
+                // Whatever happened, notifications may have been missed.
+                cache.clear();
+                if let Err(e) = result {
+                    warn!(error = %format!("{e:#}"), ?delay, "metadata listener lost its connection; cache cleared, reconnecting");
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn session(
+    url: &str,
+    cache: &MetadataCache,
+    topology: &TopologyHandle,
+    delay: &mut Duration,
+) -> anyhow::Result<()> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let pump = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    client
+        .batch_execute(&format!(
+            "LISTEN {METADATA_CHANNEL}; LISTEN {TOPOLOGY_CHANNEL}"
+        ))
+        .await?;
+    // Listening now: anything changed before this point is re-read from the tables.
+    cache.clear();
+    topology.reload(&client).await?;
+    *delay = Duration::from_millis(100);
+    info!("listening for metadata and topology changes");
+    while let Some(n) = rx.recv().await {
+        match n.channel() {
+            METADATA_CHANNEL => match serde_json::from_str::<MetadataChange>(n.payload()) {
+                Ok(change) => {
+                    debug!(repository_id = change.repository_id, "metadata changed");
+                    cache.invalidate(change.repository_id);
+                }
+                Err(e) => {
+                    warn!(payload = n.payload(), error = %e, "unreadable metadata notification; cache cleared");
+                    cache.clear();
+                }
+            },
+            TOPOLOGY_CHANNEL => {
+                if let Err(e) = topology.reload(&client).await {
+                    warn!(error = %format!("{e:#}"), "topology reload failed");
+                    return Err(e);
+                }
+            }
+            other => debug!(channel = other, "ignored notification"),
+        }
+    }
+    match pump.await {
+        Ok(Ok(())) => anyhow::bail!("connection closed"),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(e.into()),
+    }
+}

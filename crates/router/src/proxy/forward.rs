@@ -1,0 +1,272 @@
+//! Forwarding one call to one storage node, streaming both ways without buffering.
+//!
+//! The request stream is abortable (`gitcluster_proto::abortable`): when the
+//! client's inbound stream fails, or the client goes away mid-call, the upstream call
+//! is reset with `INTERNAL_ERROR`, never ended cleanly, so a storage node cannot take
+//! a truncated push for a whole one.
+//!
+//! Responses are pumped by a spawned task into the client-facing stream. The task
+//! owns the upstream call until it is over: it is never dropped while its request
+//! stream may still be open (dropping sends `CANCEL`, which a tonic server reads as a
+//! clean end). When the upstream ends OK the task runs the call's finalizer (the
+//! generation bump of a write) *before* the client sees OK, and runs it even if the
+//! client has gone: a write the primary applied is always recorded.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt as _, stream};
+use gitcluster_proto::abortable::{Abortable, Outbound};
+use http::uri::PathAndQuery;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
+use tonic::{Status, Streaming};
+
+use crate::codec::BytesCodec;
+use crate::topology::Storage;
+
+/// What the proxy answers a client with.
+pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+/// Runs after the upstream ended OK; its error replaces the OK.
+pub type Finalizer = Box<dyn FnOnce() -> BoxFuture<'static, Result<(), Status>> + Send>;
+
+/// Longest wait for an aborted upstream call to end after the client went away.
+const ABORT_GRACE: Duration = Duration::from_secs(30);
+
+/// Request headers that describe the client's own connection or credentials and
+/// must not reach a storage node (tonic sets its own encoding headers, and the
+/// internal token replaces the client's).
+const HOP_HEADERS: [&str; 7] = [
+    "authorization",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+    "content-type",
+    "te",
+    "user-agent",
+    "content-length",
+];
+
+/// `metadata` without the headers that belong to one hop.
+pub fn sanitize(mut metadata: MetadataMap) -> MetadataMap {
+    for h in HOP_HEADERS {
+        metadata.remove(h);
+    }
+    metadata
+}
+
+/// The request stream: `first`, then the client's remaining messages (when the call
+/// is client-streaming), aborting instead of ending when the client's stream fails or
+/// `abort` fires.
+pub fn outbound(
+    first: Bytes,
+    rest: Option<Streaming<Bytes>>,
+    abort: CancellationToken,
+) -> impl Stream<Item = Outbound<Bytes>> + Send + 'static {
+    let head = stream::once(async move { Outbound::Message(first) });
+    let tail = stream::unfold(
+        (rest, abort, false),
+        |(mut rest, abort, aborted)| async move {
+            if aborted {
+                // After an abort the stream must never end cleanly; the reset drops it.
+                std::future::pending::<()>().await;
+            }
+            let inbound = rest.as_mut()?;
+            tokio::select! {
+                biased;
+                () = abort.cancelled() => Some((Outbound::Abort, (rest, abort, true))),
+                next = inbound.message() => match next {
+                    Ok(Some(m)) => Some((Outbound::Message(m), (rest, abort, false))),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "client request stream failed; aborting upstream call");
+                        Some((Outbound::Abort, (rest, abort, true)))
+                    }
+                },
+            }
+        },
+    );
+    head.chain(tail)
+}
+
+/// Starts a call on `storage` and waits for its response headers.
+pub async fn start(
+    storage: &Storage,
+    path: &str,
+    metadata: MetadataMap,
+    request: impl Stream<Item = Outbound<Bytes>> + Send + 'static,
+) -> Result<tonic::Response<Streaming<Bytes>>, Status> {
+    let mut grpc = storage.grpc();
+    grpc.ready().await.map_err(|e| {
+        Status::unavailable(format!("storage {} is unreachable: {e}", storage.name))
+    })?;
+    let path = PathAndQuery::try_from(path)
+        .map_err(|e| Status::internal(format!("bad method path: {e}")))?;
+    let mut request = tonic::Request::new(request);
+    *request.metadata_mut() = sanitize(metadata);
+    grpc.streaming(request, path, Abortable(BytesCodec)).await
+}
+
+/// A unary-style call: sends one message, collects every response message. Used for
+/// fan-outs whose answers are small (creation, maintenance).
+pub async fn call_collect(
+    storage: &Storage,
+    path: &str,
+    metadata: MetadataMap,
+    message: Bytes,
+) -> Result<Vec<Bytes>, Status> {
+    let request = outbound(message, None, CancellationToken::new());
+    let mut response = start(storage, path, metadata, request).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = response.message().await? {
+        out.push(m);
+    }
+    Ok(out)
+}
+
+enum Frame {
+    Message(Bytes),
+    End(Result<(), Status>),
+}
+
+/// Relays a started call to the client (see the module doc).
+pub fn relay(
+    response: tonic::Response<Streaming<Bytes>>,
+    abort: CancellationToken,
+    finalizer: Option<Finalizer>,
+) -> tonic::Response<ReplyStream> {
+    let (metadata, upstream, _) = response.into_parts();
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(pump(upstream, tx, abort, finalizer));
+    let stream: ReplyStream = Box::pin(Relay { rx, done: false });
+    tonic::Response::from_parts(sanitize(metadata), stream, Default::default())
+}
+
+/// A reply of messages the router made itself.
+pub fn local(messages: Vec<Bytes>) -> tonic::Response<ReplyStream> {
+    let stream: ReplyStream = Box::pin(stream::iter(messages.into_iter().map(Ok)));
+    tonic::Response::new(stream)
+}
+
+async fn pump(
+    mut upstream: Streaming<Bytes>,
+    tx: mpsc::Sender<Frame>,
+    abort: CancellationToken,
+    finalizer: Option<Finalizer>,
+) {
+    let mut gone_deadline: Option<tokio::time::Instant> = None;
+    let outcome = loop {
+        let next = match gone_deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, upstream.message()).await {
+                Ok(next) => next,
+                Err(_) => break Err(Status::cancelled("client went away")),
+            },
+            None => tokio::select! {
+                next = upstream.message() => next,
+                () = tx.closed() => {
+                    abort.cancel();
+                    gone_deadline = Some(tokio::time::Instant::now() + ABORT_GRACE);
+                    continue;
+                }
+            },
+        };
+        match next {
+            Ok(Some(m)) => {
+                if gone_deadline.is_none() && tx.send(Frame::Message(m)).await.is_err() {
+                    abort.cancel();
+                    gone_deadline = Some(tokio::time::Instant::now() + ABORT_GRACE);
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(status) => break Err(status),
+        }
+    };
+    let outcome = match (outcome, finalizer) {
+        (Ok(()), Some(finalize)) => finalize().await,
+        (outcome, _) => outcome,
+    };
+    let _ = tx.send(Frame::End(outcome)).await;
+}
+
+/// The client-facing side of [`pump`]. It ends cleanly only on an explicit OK from
+/// the pump, so a pump that died for any reason can never look like success.
+struct Relay {
+    rx: mpsc::Receiver<Frame>,
+    done: bool,
+}
+
+impl Stream for Relay {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Frame::Message(m))) => Poll::Ready(Some(Ok(m))),
+            Poll::Ready(Some(Frame::End(Ok(())))) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Frame::End(Err(status)))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(status)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Status::internal("router lost the upstream call"))))
+            }
+        }
+    }
+}
+
+/// Wraps a reply to count it in `gitcluster_router_requests_total` when it ends
+/// (with its final code) or is dropped early (as `Cancelled`).
+pub struct Counted {
+    inner: ReplyStream,
+    method: String,
+    recorded: bool,
+}
+
+impl Counted {
+    /// Counts `inner` under `method`.
+    pub fn new(inner: ReplyStream, method: String) -> Self {
+        Counted {
+            inner,
+            method,
+            recorded: false,
+        }
+    }
+
+    fn record(&mut self, code: tonic::Code) {
+        if !self.recorded {
+            self.recorded = true;
+            crate::proxy::count_request(&self.method, code);
+        }
+    }
+}
+
+impl Stream for Counted {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = self.inner.as_mut().poll_next(cx);
+        match &next {
+            Poll::Ready(None) => self.record(tonic::Code::Ok),
+            Poll::Ready(Some(Err(status))) => self.record(status.code()),
+            _ => {}
+        }
+        next
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.record(tonic::Code::Cancelled);
+    }
+}

@@ -1,0 +1,620 @@
+//! The transparent proxy, driven only by the operation registry.
+//!
+//! Every method is served as a bidi stream of raw bytes. The first request message
+//! is decoded dynamically (prost-reflect) to find the repository, the repository is
+//! rewritten from `(virtual storage, relative path)` to `(storage, replica path)`,
+//! and the re-encoded first message followed by the rest of the client's stream goes
+//! to the storage the operation calls for:
+//!
+//! * ACCESSOR → a random healthy, up-to-date replica (the primary for
+//!   `RepositorySize` or when the caller asks `primary-only`); one transparent retry
+//!   on another replica when the first is unreachable before answering anything;
+//! * MUTATOR → the primary, which must be healthy and up to date; when it answers OK
+//!   the generation rule runs (see `db::finalize_write`) before the client sees OK;
+//! * MAINTENANCE → every healthy assigned replica.
+//!
+//! Repository lifecycle RPCs (create, remove, rename, exists) and `ListRepositories`
+//! are answered from, or recorded in, the metadata (see `intercepted`).
+
+mod forward;
+mod intercepted;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use futures::future::{BoxFuture, join_all};
+use gitcluster_proto::auth::TokenAuth;
+use gitcluster_proto::registry::{MethodInfo, Operation, Scope};
+use gitcluster_proto::{MAX_MESSAGE_BYTES, registry};
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, ReflectMessage as _, Value};
+use rand::seq::{IndexedRandom as _, SliceRandom as _};
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{error, warn};
+
+pub use forward::{Counted, ReplyStream};
+
+use crate::codec::BytesCodec;
+use crate::db::{self, JobContext};
+use crate::health::HealthObserver;
+use crate::metadata::{MetadataCache, RepositoryMetadata};
+use crate::outbox::Outbox;
+use crate::topology::{Topology, TopologyHandle, VirtualStorage};
+
+/// Counter of finished requests by method and gRPC code.
+pub const REQUESTS_METRIC: &str = "gitcluster_router_requests_total";
+/// Counter of reads routed to each storage.
+pub const READ_DISTRIBUTION_METRIC: &str = "gitcluster_router_read_distribution_total";
+/// Metadata key with which a caller forces reads to the primary.
+pub const ACCESSOR_POLICY_HEADER: &str = "gitcluster-route-repository-accessor-policy";
+
+const REPOSITORY_SERVICE: &str = "/gitcluster.v1.RepositoryService/";
+const INTERNAL_SERVICE: &str = "/gitcluster.v1.InternalService/";
+
+fn repository_method(name: &str) -> String {
+    format!("{REPOSITORY_SERVICE}{name}")
+}
+
+pub(crate) fn count_request(method: &str, code: tonic::Code) {
+    metrics::counter!(REQUESTS_METRIC, "method" => method.to_owned(), "code" => format!("{code:?}"))
+        .increment(1);
+}
+
+/// Everything a routing decision needs, shared by every request.
+pub struct Coordinator {
+    /// Storages by virtual storage.
+    pub topology: Arc<TopologyHandle>,
+    /// Repository metadata.
+    pub cache: Arc<MetadataCache>,
+    /// Local health view.
+    pub health: Arc<HealthObserver>,
+    /// Job publishing.
+    pub outbox: Arc<Outbox>,
+    /// Database pool.
+    pub pool: Pool,
+    /// External token check.
+    pub auth: TokenAuth,
+}
+
+/// One call after its first message was read.
+struct Call {
+    path: String,
+    info: &'static MethodInfo,
+    metadata: MetadataMap,
+    first: Bytes,
+    message: DynamicMessage,
+    /// The client's remaining request stream (client-streaming calls only).
+    inbound: Option<Streaming<Bytes>>,
+}
+
+impl Call {
+    fn traceparent(&self) -> Option<String> {
+        self.metadata
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    /// The first message with the target repository pointed at `replica_path` on
+    /// `storage`, and the additional repository (if any) at its own replica path.
+    fn rewritten(
+        &self,
+        storage: &str,
+        replica_path: &str,
+        additional: Option<&str>,
+    ) -> Result<Bytes, Status> {
+        let mut message = self.message.clone();
+        if let Some(path) = &self.info.target_repository {
+            set_repository(&mut message, path, storage, replica_path)?;
+        }
+        if let (Some(path), Some(replica)) = (&self.info.additional_repository, additional) {
+            set_repository(&mut message, path, storage, replica)?;
+        }
+        Ok(Bytes::from(message.encode_to_vec()))
+    }
+}
+
+/// Reads the `Repository` at `path`, if set: `(storage_name, relative_path)`.
+fn repository_at(message: &DynamicMessage, path: &[u32]) -> Option<(String, String)> {
+    let (first, rest) = path.split_first()?;
+    if !message.has_field_by_number(*first) {
+        return None;
+    }
+    let value = message.get_field_by_number(*first)?;
+    let inner = value.as_message()?;
+    if rest.is_empty() {
+        let storage = inner
+            .get_field_by_name("storage_name")?
+            .as_str()?
+            .to_owned();
+        let relative = inner
+            .get_field_by_name("relative_path")?
+            .as_str()?
+            .to_owned();
+        Some((storage, relative))
+    } else {
+        repository_at(inner, rest)
+    }
+}
+
+/// Reads the string at `path`.
+fn string_at(message: &DynamicMessage, path: &[u32]) -> Option<String> {
+    let (first, rest) = path.split_first()?;
+    let value = message.get_field_by_number(*first)?;
+    if rest.is_empty() {
+        value.as_str().map(str::to_owned)
+    } else {
+        string_at(value.as_message()?, rest)
+    }
+}
+
+fn set_repository(
+    message: &mut DynamicMessage,
+    path: &[u32],
+    storage: &str,
+    relative_path: &str,
+) -> Result<(), Status> {
+    let mut current = message;
+    for number in path {
+        let field = current
+            .descriptor()
+            .get_field(*number)
+            .ok_or_else(|| Status::internal("registry field path does not match the message"))?;
+        current = match current.get_field_mut(&field) {
+            Value::Message(inner) => inner,
+            _ => return Err(Status::internal("repository field is not a message")),
+        };
+    }
+    current.set_field_by_name("storage_name", Value::String(storage.to_owned()));
+    current.set_field_by_name("relative_path", Value::String(relative_path.to_owned()));
+    Ok(())
+}
+
+impl Coordinator {
+    /// Handles one call; the reply stream counts itself in the request metric.
+    pub async fn handle(
+        self: Arc<Self>,
+        path: String,
+        request: Request<Streaming<Bytes>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let label = if registry().get(&path).is_some() {
+            path.clone()
+        } else {
+            "unknown".to_owned()
+        };
+        match self.dispatch(path, request).await {
+            Ok(response) => Ok(response.map(|s| Box::pin(Counted::new(s, label)) as ReplyStream)),
+            Err(status) => {
+                count_request(&label, status.code());
+                Err(status)
+            }
+        }
+    }
+
+    async fn dispatch(
+        self: &Arc<Self>,
+        path: String,
+        request: Request<Streaming<Bytes>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        self.auth.check(request.metadata())?;
+        let info = registry()
+            .get(&path)
+            .ok_or_else(|| Status::unimplemented(format!("unknown method {path}")))?;
+        if path.starts_with(INTERNAL_SERVICE) || path == repository_method("ReplicateRepository") {
+            return Err(Status::permission_denied(
+                "internal RPC: not served by the router",
+            ));
+        }
+        let (metadata, _, mut inbound) = request.into_parts();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty request stream"))?;
+        let message = DynamicMessage::decode(info.input.clone(), first.clone())
+            .map_err(|e| Status::invalid_argument(format!("decode request: {e}")))?;
+        let call = Call {
+            path,
+            info,
+            metadata,
+            first,
+            message,
+            inbound: info.client_streaming.then_some(inbound),
+        };
+        let topology = self.topology.get();
+        if info.scope == Scope::Storage {
+            return if call.path == repository_method("ListRepositories") {
+                let name = info
+                    .storage
+                    .as_ref()
+                    .and_then(|p| string_at(&call.message, p))
+                    .unwrap_or_default();
+                let vs = virtual_storage(&topology, &name)?;
+                intercepted::list_repositories(self, vs).await
+            } else {
+                Err(Status::unimplemented(format!(
+                    "storage-scoped RPC {} is not supported by the router",
+                    call.path
+                )))
+            };
+        }
+        let (vs_name, relative_path) = info
+            .target_repository
+            .as_ref()
+            .and_then(|p| repository_at(&call.message, p))
+            .ok_or_else(|| Status::invalid_argument("missing repository"))?;
+        let vs = virtual_storage(&topology, &vs_name)?;
+        if relative_path.is_empty() {
+            return Err(Status::invalid_argument("empty relative path"));
+        }
+        let method = call.path.strip_prefix(REPOSITORY_SERVICE).unwrap_or("");
+        match method {
+            "CreateRepository" => return intercepted::create(self, call, vs, &relative_path).await,
+            "RemoveRepository" => return intercepted::remove(self, vs, &relative_path).await,
+            "RenameRepository" => {
+                return intercepted::rename(self, &call, vs, &relative_path).await;
+            }
+            "RepositoryExists" => return intercepted::exists(self, vs, &relative_path).await,
+            _ => {}
+        }
+        let Some(meta) = self.cache.get(&vs.name, &relative_path).await? else {
+            if info.operation == Operation::Accessor && advertises_empty_if_missing(&call.message) {
+                return self.advertise_missing(call, vs).await;
+            }
+            return Err(Status::not_found("repository not found"));
+        };
+        let additional = self.additional_replica_path(&call, vs).await?;
+        match info.operation {
+            Operation::Accessor => self.accessor(call, vs, &meta, additional).await,
+            Operation::Mutator => self.mutator(call, vs, &meta, additional).await,
+            Operation::Maintenance => self.maintenance(call, vs, &meta, additional).await,
+        }
+    }
+
+    /// The replica path of the call's additional repository, which must live on the
+    /// same virtual storage as the target.
+    async fn additional_replica_path(
+        &self,
+        call: &Call,
+        vs: &VirtualStorage,
+    ) -> Result<Option<String>, Status> {
+        let Some((other_vs, other_path)) = call
+            .info
+            .additional_repository
+            .as_ref()
+            .and_then(|p| repository_at(&call.message, p))
+        else {
+            return Ok(None);
+        };
+        if other_vs != vs.name {
+            return Err(Status::invalid_argument(format!(
+                "additional repository is on virtual storage \"{other_vs}\", not \"{}\"",
+                vs.name
+            )));
+        }
+        let meta = self
+            .cache
+            .get(&other_vs, &other_path)
+            .await?
+            .ok_or_else(|| Status::not_found("additional repository not found"))?;
+        Ok(Some(meta.replica_path.clone()))
+    }
+
+    async fn accessor(
+        self: &Arc<Self>,
+        mut call: Call,
+        vs: &VirtualStorage,
+        meta: &RepositoryMetadata,
+        additional: Option<String>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let primary_only = call.path == repository_method("RepositorySize")
+            || call
+                .metadata
+                .get(ACCESSOR_POLICY_HEADER)
+                .and_then(|v| v.to_str().ok())
+                == Some("primary-only");
+        let mut candidates: Vec<String> = if primary_only {
+            vec![self.healthy_primary(vs, meta)?.to_owned()]
+        } else {
+            meta.replicas
+                .keys()
+                .filter(|s| {
+                    meta.is_up_to_date(s)
+                        && vs.storages.contains_key(*s)
+                        && self.health.is_healthy(&vs.name, s)
+                })
+                .cloned()
+                .collect()
+        };
+        if candidates.is_empty() {
+            return Err(Status::unavailable("no healthy up-to-date replica"));
+        }
+        candidates.shuffle(&mut rand::rng());
+        // Only a call whose whole request the router holds can be replayed, and only
+        // while the replica has answered nothing (no headers, no message).
+        let attempts = if call.info.client_streaming { 1 } else { 2 };
+        let mut last = Status::unavailable("no healthy up-to-date replica");
+        for storage_name in candidates.iter().take(attempts) {
+            let storage = &vs.storages[storage_name];
+            metrics::counter!(READ_DISTRIBUTION_METRIC,
+                "virtual_storage" => vs.name.clone(), "storage" => storage_name.clone())
+            .increment(1);
+            let body = call.rewritten(storage_name, &meta.replica_path, additional.as_deref())?;
+            let abort = CancellationToken::new();
+            let request = forward::outbound(body, call.inbound.take(), abort.clone());
+            match forward::start(storage, &call.path, call.metadata.clone(), request).await {
+                Ok(response) => return Ok(forward::relay(response, abort, None)),
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    warn!(storage = %storage_name, method = %call.path, error = %status.message(),
+                        "replica unavailable for a read");
+                    last = status;
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last)
+    }
+
+    /// A read of a repository that does not exist yet, by a caller that asked for an
+    /// empty answer instead of NotFound (push-to-create's reference advertisement):
+    /// served by any healthy storage at a path that cannot exist, so the storage
+    /// node's own "empty repository" answer reaches the caller.
+    async fn advertise_missing(
+        self: &Arc<Self>,
+        mut call: Call,
+        vs: &VirtualStorage,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let healthy: Vec<&String> = vs
+            .storages
+            .keys()
+            .filter(|s| self.health.is_healthy(&vs.name, s))
+            .collect();
+        let storage_name = healthy
+            .choose(&mut rand::rng())
+            .map(|s| (*s).clone())
+            .ok_or_else(|| Status::unavailable("no healthy storage"))?;
+        // Replica paths are `@cluster/<kind>/...` with kinds `repositories` and
+        // `pools`: nothing is ever created under `absent`.
+        let absent = format!("@cluster/absent/{}", uuid::Uuid::new_v4().simple());
+        let body = call.rewritten(&storage_name, &absent, None)?;
+        let abort = CancellationToken::new();
+        let request = forward::outbound(body, call.inbound.take(), abort.clone());
+        let storage = &vs.storages[&storage_name];
+        let response = forward::start(storage, &call.path, call.metadata.clone(), request).await?;
+        Ok(forward::relay(response, abort, None))
+    }
+
+    /// The primary, when it is locally healthy.
+    fn healthy_primary<'m>(
+        &self,
+        vs: &VirtualStorage,
+        meta: &'m RepositoryMetadata,
+    ) -> Result<&'m str, Status> {
+        let primary = meta
+            .primary
+            .as_deref()
+            .ok_or_else(|| Status::unavailable("repository has no primary"))?;
+        if !vs.storages.contains_key(primary) || !self.health.is_healthy(&vs.name, primary) {
+            return Err(Status::unavailable(format!(
+                "primary storage {primary} is not healthy"
+            )));
+        }
+        Ok(primary)
+    }
+
+    async fn mutator(
+        self: &Arc<Self>,
+        mut call: Call,
+        vs: &VirtualStorage,
+        meta: &RepositoryMetadata,
+        additional: Option<String>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let primary = self.healthy_primary(vs, meta)?.to_owned();
+        if !meta.is_up_to_date(&primary) {
+            return Err(Status::failed_precondition(
+                "repository is in read-only mode",
+            ));
+        }
+        let storage = &vs.storages[&primary];
+        let body = call.rewritten(&primary, &meta.replica_path, additional.as_deref())?;
+        let abort = CancellationToken::new();
+        let request = forward::outbound(body, call.inbound.take(), abort.clone());
+        let response = forward::start(storage, &call.path, call.metadata.clone(), request).await?;
+        let ctx = JobContext {
+            repository_id: meta.repository_id,
+            virtual_storage: vs.name.clone(),
+            relative_path: meta.relative_path.clone(),
+            replica_path: meta.replica_path.clone(),
+            traceparent: call.traceparent(),
+        };
+        let finalizer = self.finalizer(ctx, primary, call.path.clone());
+        Ok(forward::relay(response, abort, Some(finalizer)))
+    }
+
+    /// The generation rule after a write the primary applied (see `db::finalize_write`),
+    /// then publishing of its jobs in the background.
+    fn finalizer(
+        self: &Arc<Self>,
+        ctx: JobContext,
+        primary: String,
+        method: String,
+    ) -> forward::Finalizer {
+        let this = self.clone();
+        Box::new(move || -> BoxFuture<'static, Result<(), Status>> {
+            Box::pin(async move {
+                let recorded = db::finalize_write(&this.pool, &ctx, &primary).await;
+                // Whatever happened, the cached generations are stale now.
+                this.cache.invalidate(ctx.repository_id);
+                match recorded {
+                    Ok(jobs) => {
+                        this.outbox.publish_later(jobs, ctx.traceparent.clone());
+                        Ok(())
+                    }
+                    Err(e) => {
+                        error!(repository_id = ctx.repository_id, %primary, %method,
+                            error = %format!("{e:#}"),
+                            "write applied on the primary but not recorded; replicas will not follow until repaired");
+                        Err(Status::internal(
+                            "write applied on the primary but not recorded",
+                        ))
+                    }
+                }
+            })
+        })
+    }
+
+    async fn maintenance(
+        self: &Arc<Self>,
+        call: Call,
+        vs: &VirtualStorage,
+        meta: &RepositoryMetadata,
+        additional: Option<String>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let mut targets: Vec<&String> = meta
+            .replicas
+            .keys()
+            .filter(|s| {
+                meta.is_assigned(s)
+                    && vs.storages.contains_key(*s)
+                    && self.health.is_healthy(&vs.name, s)
+            })
+            .collect();
+        targets.sort();
+        if targets.is_empty() {
+            return Err(Status::unavailable("no healthy replica"));
+        }
+        let calls = targets.iter().map(|name| {
+            let body = call.rewritten(name, &meta.replica_path, additional.as_deref());
+            let storage = vs.storages[*name].clone();
+            let metadata = call.metadata.clone();
+            let path = call.path.clone();
+            async move { forward::call_collect(&storage, &path, metadata, body?).await }
+        });
+        // Every replica finishes; the first error in route order wins.
+        let mut results = join_all(calls).await.into_iter();
+        let first = results.next().expect("at least one target");
+        let mut error = first.as_ref().err().cloned();
+        for (name, result) in targets.iter().skip(1).zip(results) {
+            if let Err(status) = result {
+                warn!(storage = %name, method = %call.path, error = %status.message(), "maintenance failed on a replica");
+                error.get_or_insert(status);
+            }
+        }
+        match error {
+            Some(status) => Err(status),
+            None => Ok(forward::local(first.unwrap_or_default())),
+        }
+    }
+}
+
+/// True when the request carries `advertise_empty_if_missing = true` (see
+/// `InfoRefsRequest`): the one request field besides the annotated ones the router
+/// reads, because it changes what "repository not found" means.
+fn advertises_empty_if_missing(message: &DynamicMessage) -> bool {
+    message
+        .get_field_by_name("advertise_empty_if_missing")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+}
+
+/// The virtual storage called `name`, or InvalidArgument.
+fn virtual_storage<'t>(topology: &'t Topology, name: &str) -> Result<&'t VirtualStorage, Status> {
+    topology.get(name).ok_or_else(|| {
+        Status::invalid_argument(format!("virtual storage \"{name}\" is not configured"))
+    })
+}
+
+/// The catch-all tower service: every path not served by the router's own services
+/// (health, reflection) lands here.
+#[derive(Clone)]
+pub struct Proxy(pub Arc<Coordinator>);
+
+impl tower::Service<http::Request<axum::body::Body>> for Proxy {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
+        let coordinator = self.0.clone();
+        Box::pin(async move {
+            let path = req.uri().path().to_owned();
+            let mut grpc = tonic::server::Grpc::new(BytesCodec)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip);
+            let handler = tower::service_fn(move |request: Request<Streaming<Bytes>>| {
+                coordinator.clone().handle(path.clone(), request)
+            });
+            Ok(grpc.streaming(handler, req).await)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gitcluster_proto::v1::{ListRefsRequest, Repository};
+
+    use super::*;
+
+    #[test]
+    fn target_repository_is_rewritten_and_other_fields_survive() {
+        let info = registry()
+            .get("/gitcluster.v1.RefService/ListRefs")
+            .expect("registered");
+        let original = ListRefsRequest {
+            repository: Some(Repository {
+                storage_name: "default".into(),
+                relative_path: "group/p.git".into(),
+            }),
+            patterns: vec!["refs/heads/".into()],
+            head: true,
+        };
+        let message =
+            DynamicMessage::decode(info.input.clone(), original.encode_to_vec().as_slice())
+                .expect("decode");
+        let path = info.target_repository.as_ref().expect("annotated");
+        assert_eq!(
+            repository_at(&message, path),
+            Some(("default".into(), "group/p.git".into()))
+        );
+        let mut rewritten = message.clone();
+        set_repository(
+            &mut rewritten,
+            path,
+            "gitaly-2",
+            "@cluster/repositories/6b/86/1",
+        )
+        .expect("rewrite");
+        let decoded =
+            ListRefsRequest::decode(rewritten.encode_to_vec().as_slice()).expect("decode");
+        assert_eq!(
+            decoded.repository,
+            Some(Repository {
+                storage_name: "gitaly-2".into(),
+                relative_path: "@cluster/repositories/6b/86/1".into(),
+            })
+        );
+        assert_eq!(decoded.patterns, original.patterns);
+        assert!(decoded.head);
+    }
+
+    #[test]
+    fn a_request_without_repository_has_no_target() {
+        let info = registry()
+            .get("/gitcluster.v1.RefService/ListRefs")
+            .expect("registered");
+        let message = DynamicMessage::decode(info.input.clone(), &[][..]).expect("decode");
+        let path = info.target_repository.as_ref().expect("annotated");
+        assert_eq!(repository_at(&message, path), None);
+    }
+}

@@ -1,0 +1,657 @@
+//! The router against real storage nodes, Postgres and RabbitMQ: creation, writes
+//! and their generation bump and jobs, read routing, deletion, rename, bad input.
+
+mod support;
+
+use std::time::Duration;
+
+use gitcluster_integration_tests::bus::queue_depth;
+use gitcluster_integration_tests::{eventually, metric_sum};
+use gitcluster_proto::jobs::BusNames;
+use gitcluster_proto::v1::update_references_request::Update;
+use gitcluster_proto::v1::{
+    CreateRepositoryRequest, FindDefaultBranchRequest, ListRepositoriesRequest,
+    OptimizeRepositoryRequest, RemoveRepositoryRequest, RenameRepositoryRequest,
+    RepositoryExistsRequest, SetDefaultBranchRequest, UpdateReferencesRequest,
+};
+use gitcluster_router::replica_path::ReplicaPath;
+use support::{
+    Options, TestRouter, cluster, create, db, generations, reads_on, record, replica_dir, repo,
+    seed_commit,
+};
+use tonic::Code;
+
+const STORAGES: [&str; 3] = ["gitaly-1", "gitaly-2", "gitaly-3"];
+
+#[tokio::test]
+async fn create_makes_three_replicas_at_generation_zero_on_the_derived_path() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "group/project.git").await;
+
+    let (id, replica_path, primary, generation) =
+        record(&cluster, "group/project.git").await.expect("record");
+    assert_eq!(
+        replica_path,
+        ReplicaPath::derive(id, "group/project.git").as_str()
+    );
+    assert!(
+        replica_path.starts_with("@cluster/repositories/"),
+        "{replica_path}"
+    );
+    assert!(STORAGES.contains(&primary.as_str()), "{primary}");
+    assert_eq!(generation, 0);
+    let expected: Vec<(String, i64)> = STORAGES.iter().map(|s| (s.to_string(), 0)).collect();
+    assert_eq!(generations(&cluster, id).await, expected);
+    let assigned = db(&cluster)
+        .await
+        .query_one(
+            "SELECT count(*) FROM repository_assignments WHERE repository_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("count assignments")
+        .get::<_, i64>(0);
+    assert_eq!(assigned, 3);
+    for i in 0..3 {
+        assert!(
+            replica_dir(&cluster, i, &replica_path)
+                .join("HEAD")
+                .exists(),
+            "replica missing on storage {i}"
+        );
+    }
+    // The health rounds are recorded under the router's observer name.
+    let observed: i64 = db(&cluster)
+        .await
+        .query_one(
+            "SELECT count(*) FROM node_status WHERE observer = 'test-router' \
+             AND virtual_storage = 'default' AND last_seen_active_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("count node_status")
+        .get(0);
+    assert_eq!(observed, 3);
+    // No job: every replica was created.
+    let jobs = db(&cluster)
+        .await
+        .query_one("SELECT count(*) FROM replication_jobs", &[])
+        .await
+        .expect("count jobs")
+        .get::<_, i64>(0);
+    assert_eq!(jobs, 0);
+    // A second create of the same path is refused.
+    let err = router
+        .repository_client()
+        .await
+        .create_repository(CreateRepositoryRequest {
+            repository: Some(repo("group/project.git")),
+            ..Default::default()
+        })
+        .await
+        .expect_err("duplicate");
+    assert_eq!(err.code(), Code::AlreadyExists);
+}
+
+#[tokio::test]
+async fn update_references_bumps_the_primary_and_publishes_one_job_per_other_replica() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "w.git").await;
+    let (id, replica_path, primary, _) = record(&cluster, "w.git").await.expect("record");
+    let primary_index = STORAGES
+        .iter()
+        .position(|s| *s == primary)
+        .expect("primary");
+    let oid = seed_commit(&replica_dir(&cluster, primary_index, &replica_path));
+
+    router
+        .ref_client()
+        .await
+        .update_references(UpdateReferencesRequest {
+            repository: Some(repo("w.git")),
+            updates: vec![Update {
+                reference: "refs/heads/main".into(),
+                old_oid: String::new(),
+                new_oid: oid.clone(),
+            }],
+        })
+        .await
+        .expect("update references through the router");
+
+    // The ref landed on the primary's replica.
+    let refs = gitcluster_integration_tests::git::refs(&replica_dir(
+        &cluster,
+        primary_index,
+        &replica_path,
+    ));
+    assert!(refs.contains(&oid), "{refs}");
+    // Generation rule: the primary is at 1, the others still at 0.
+    let (_, _, _, generation) = record(&cluster, "w.git").await.expect("record");
+    assert_eq!(generation, 1);
+    for (storage, g) in generations(&cluster, id).await {
+        assert_eq!(g, i64::from(storage == primary), "{storage}");
+    }
+    // One job per other assigned storage, confirmed by the broker.
+    let names = BusNames::new(&cluster.bus_prefix);
+    let jobs = eventually!("both jobs published", {
+        let rows = db(&cluster)
+            .await
+            .query(
+                "SELECT target_storage, source_storage, change, state::text, virtual_storage \
+                 FROM replication_jobs WHERE repository_id = $1 ORDER BY target_storage",
+                &[&id],
+            )
+            .await?;
+        let jobs: Vec<(String, String, String, String, String)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect();
+        anyhow::ensure!(
+            jobs.len() == 2 && jobs.iter().all(|j| j.3 == "published"),
+            "{jobs:?}"
+        );
+        Ok(jobs)
+    });
+    let targets: Vec<&str> = STORAGES.iter().copied().filter(|s| *s != primary).collect();
+    for (job, target) in jobs.iter().zip(&targets) {
+        assert_eq!(job.0, *target);
+        assert_eq!(job.1, primary);
+        assert_eq!(job.2, "update");
+        assert_eq!(job.4, "default");
+    }
+    for target in &targets {
+        let queue = names.replication_queue("default", target);
+        eventually!("message in {queue}", {
+            let depth = queue_depth(&queue).await?;
+            anyhow::ensure!(depth == 1, "depth {depth}");
+            Ok(())
+        });
+    }
+    let metrics = router.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "gitcluster_router_replication_jobs_published_total",
+            &[("outcome", "ok")]
+        ),
+        2.0
+    );
+
+    // The primary is up to date, so a second write goes through too.
+    router
+        .ref_client()
+        .await
+        .set_default_branch(SetDefaultBranchRequest {
+            repository: Some(repo("w.git")),
+            name: "refs/heads/main".into(),
+        })
+        .await
+        .expect("second write");
+    assert_eq!(record(&cluster, "w.git").await.expect("record").3, 2);
+}
+
+async fn read(
+    router: &TestRouter,
+    path: &str,
+    primary_only: bool,
+) -> Result<String, tonic::Status> {
+    let mut request = tonic::Request::new(FindDefaultBranchRequest {
+        repository: Some(repo(path)),
+    });
+    if primary_only {
+        request.metadata_mut().insert(
+            "gitcluster-route-repository-accessor-policy",
+            "primary-only".parse().expect("ascii"),
+        );
+    }
+    router
+        .ref_client()
+        .await
+        .find_default_branch(request)
+        .await
+        .map(|r| r.into_inner().name)
+}
+
+#[tokio::test]
+async fn reads_spread_over_up_to_date_replicas_and_never_reach_an_outdated_one() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "r.git").await;
+    for _ in 0..60 {
+        read(&router, "r.git", false).await.expect("read");
+    }
+    let metrics = router.metrics().await;
+    for s in STORAGES {
+        assert!(reads_on(&metrics, s) > 0.0, "no reads on {s}:\n{metrics}");
+    }
+
+    // gitaly-2 falls behind: the repository moves to generation 1 without it.
+    let (id, _, _, _) = record(&cluster, "r.git").await.expect("record");
+    let client = db(&cluster).await;
+    client
+        .batch_execute(&format!(
+            "BEGIN; UPDATE repositories SET generation = 1 WHERE repository_id = {id}; \
+             UPDATE storage_repositories SET generation = 1 \
+             WHERE repository_id = {id} AND storage <> 'gitaly-2'; COMMIT;"
+        ))
+        .await
+        .expect("make gitaly-2 outdated");
+    // The NOTIFY reaches the router asynchronously; give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = reads_on(&router.metrics().await, "gitaly-2");
+    for _ in 0..40 {
+        read(&router, "r.git", false).await.expect("read");
+    }
+    let metrics = router.metrics().await;
+    assert_eq!(
+        reads_on(&metrics, "gitaly-2"),
+        before,
+        "outdated replica served a read"
+    );
+}
+
+#[tokio::test]
+async fn primary_only_header_and_repository_size_go_to_the_primary() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "p.git").await;
+    let (_, _, primary, _) = record(&cluster, "p.git").await.expect("record");
+    for _ in 0..20 {
+        read(&router, "p.git", true).await.expect("read");
+    }
+    let metrics = router.metrics().await;
+    assert_eq!(reads_on(&metrics, &primary), 20.0);
+    for s in STORAGES.iter().filter(|s| **s != primary) {
+        assert_eq!(reads_on(&metrics, s), 0.0, "{s}");
+    }
+    let size = router
+        .repository_client()
+        .await
+        .repository_size(gitcluster_proto::v1::RepositorySizeRequest {
+            repository: Some(repo("p.git")),
+        })
+        .await
+        .expect("size");
+    assert!(size.into_inner().size_bytes > 0);
+    assert_eq!(reads_on(&router.metrics().await, &primary), 21.0);
+}
+
+#[tokio::test]
+async fn reads_survive_a_killed_replica() {
+    let mut cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "k.git").await;
+    for _ in 0..10 {
+        read(&router, "k.git", false).await.expect("read");
+    }
+    cluster.storages[1].member.kill();
+    // Right after the kill the router still believes gitaly-2 healthy: the
+    // transparent retry covers the reads that pick it.
+    for i in 0..30 {
+        read(&router, "k.git", false)
+            .await
+            .unwrap_or_else(|e| panic!("read {i} after kill: {e:?}"));
+    }
+    // Writes need the primary; if it was the killed node the router says so.
+    let (_, _, primary, _) = record(&cluster, "k.git").await.expect("record");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let write = router
+        .ref_client()
+        .await
+        .set_default_branch(SetDefaultBranchRequest {
+            repository: Some(repo("k.git")),
+            name: "refs/heads/main".into(),
+        })
+        .await;
+    if primary == "gitaly-2" {
+        let err = write.expect_err("primary down");
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(err.message().contains("is not healthy"), "{err:?}");
+    } else {
+        write.expect("write with a secondary down");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_path_leave_one_repository() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    let mut a = router.repository_client().await;
+    let mut b = router.repository_client().await;
+    let req = || CreateRepositoryRequest {
+        repository: Some(repo("race.git")),
+        ..Default::default()
+    };
+    let (ra, rb) = tokio::join!(a.create_repository(req()), b.create_repository(req()));
+    let mut codes = vec![
+        ra.map_or_else(|e| e.code(), |_| Code::Ok),
+        rb.map_or_else(|e| e.code(), |_| Code::Ok),
+    ];
+    codes.sort_by_key(|c| *c as i32);
+    assert_eq!(codes, vec![Code::Ok, Code::AlreadyExists]);
+    let client = db(&cluster).await;
+    let rows: i64 = client
+        .query_one(
+            "SELECT count(*) FROM repositories WHERE relative_path = 'race.git'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 1);
+    let (id, replica_path, _, _) = record(&cluster, "race.git").await.expect("record");
+    assert_eq!(generations(&cluster, id).await.len(), 3);
+    // Only the winner's replicas remain on disk.
+    for i in 0..3 {
+        let parent = replica_dir(&cluster, i, &replica_path);
+        let cluster_dir = parent
+            .ancestors()
+            .nth(3)
+            .expect("@cluster/repositories")
+            .to_path_buf();
+        let mut found = Vec::new();
+        for h0 in std::fs::read_dir(&cluster_dir).expect("read dir") {
+            for h1 in std::fs::read_dir(h0.expect("entry").path()).expect("read dir") {
+                for r in std::fs::read_dir(h1.expect("entry").path()).expect("read dir") {
+                    found.push(r.expect("entry").path());
+                }
+            }
+        }
+        assert_eq!(found, vec![parent], "storage {i}");
+    }
+}
+
+#[tokio::test]
+async fn remove_deletes_metadata_then_replicas_and_recreate_gets_a_new_path() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "d.git").await;
+    let (id, replica_path, _, _) = record(&cluster, "d.git").await.expect("record");
+    let mut client = router.repository_client().await;
+    client
+        .remove_repository(RemoveRepositoryRequest {
+            repository: Some(repo("d.git")),
+        })
+        .await
+        .expect("remove");
+    assert!(record(&cluster, "d.git").await.is_none());
+    assert!(generations(&cluster, id).await.is_empty());
+    for i in 0..3 {
+        assert!(
+            !replica_dir(&cluster, i, &replica_path).exists(),
+            "storage {i}"
+        );
+    }
+    let err = client
+        .remove_repository(RemoveRepositoryRequest {
+            repository: Some(repo("d.git")),
+        })
+        .await
+        .expect_err("gone");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = read(&router, "d.git", false).await.expect_err("gone");
+    assert_eq!(err.code(), Code::NotFound);
+    let exists = client
+        .repository_exists(RepositoryExistsRequest {
+            repository: Some(repo("d.git")),
+        })
+        .await
+        .expect("exists")
+        .into_inner()
+        .exists;
+    assert!(!exists);
+
+    create(&router, "d.git").await;
+    let (id2, replica_path2, _, _) = record(&cluster, "d.git").await.expect("record");
+    assert_ne!(id, id2);
+    assert_ne!(replica_path, replica_path2);
+    read(&router, "d.git", false).await.expect("read recreated");
+}
+
+#[tokio::test]
+async fn rename_changes_metadata_only() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "old/name.git").await;
+    create(&router, "taken.git").await;
+    let (id, replica_path, _, _) = record(&cluster, "old/name.git").await.expect("record");
+    let mut client = router.repository_client().await;
+    // Warm the cache under the old name.
+    read(&router, "old/name.git", false).await.expect("read");
+    client
+        .rename_repository(RenameRepositoryRequest {
+            repository: Some(repo("old/name.git")),
+            relative_path: "new/name.git".into(),
+        })
+        .await
+        .expect("rename");
+    let (id2, replica_path2, _, _) = record(&cluster, "new/name.git").await.expect("record");
+    assert_eq!((id, &replica_path), (id2, &replica_path2));
+    for i in 0..3 {
+        assert!(
+            replica_dir(&cluster, i, &replica_path).exists(),
+            "storage {i}"
+        );
+    }
+    eventually!("old name gone from the cache", {
+        match read(&router, "old/name.git", false).await {
+            Err(e) if e.code() == Code::NotFound => Ok(()),
+            other => anyhow::bail!("{other:?}"),
+        }
+    });
+    read(&router, "new/name.git", false)
+        .await
+        .expect("read new name");
+    let err = client
+        .rename_repository(RenameRepositoryRequest {
+            repository: Some(repo("new/name.git")),
+            relative_path: "taken.git".into(),
+        })
+        .await
+        .expect_err("taken");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let err = client
+        .rename_repository(RenameRepositoryRequest {
+            repository: Some(repo("missing.git")),
+            relative_path: "x.git".into(),
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn bad_requests_get_precise_codes() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "b.git").await;
+    let exists = |token: Option<String>, repository| {
+        let router = &router;
+        async move {
+            router
+                .repository_client_with(token.as_deref())
+                .await
+                .repository_exists(RepositoryExistsRequest { repository })
+                .await
+        }
+    };
+    let good = Some(cluster.external_token.clone());
+    let err = exists(
+        good.clone(),
+        Some(gitcluster_proto::v1::Repository {
+            storage_name: "nope".into(),
+            relative_path: "b.git".into(),
+        }),
+    )
+    .await
+    .expect_err("unknown virtual storage");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.message(), "virtual storage \"nope\" is not configured");
+    let err = exists(good.clone(), None).await.expect_err("no repository");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = exists(None, Some(repo("b.git")))
+        .await
+        .expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = exists(Some("wrong".into()), Some(repo("b.git")))
+        .await
+        .expect_err("wrong token");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // The internal token is just a wrong external token.
+    let err = exists(Some(cluster.token.clone()), Some(repo("b.git")))
+        .await
+        .expect_err("internal token");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // Unknown repository.
+    let err = read(&router, "missing.git", false)
+        .await
+        .expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound);
+    // Internal RPCs are not served.
+    let err = router
+        .repository_client()
+        .await
+        .replicate_repository(gitcluster_proto::v1::ReplicateRepositoryRequest {
+            repository: Some(repo("b.git")),
+            source: Some(repo("b.git")),
+            source_address: "http://127.0.0.1:1".into(),
+        })
+        .await
+        .expect_err("internal");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // Health is unauthenticated.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(router.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health without a token");
+    let metrics = router.metrics().await;
+    assert!(
+        metric_sum(
+            &metrics,
+            "gitcluster_router_requests_total",
+            &[("code", "PermissionDenied")]
+        ) >= 3.0,
+        "{metrics}"
+    );
+    // And the router still answers properly.
+    assert!(
+        exists(good, Some(repo("b.git")))
+            .await
+            .expect("exists")
+            .into_inner()
+            .exists
+    );
+}
+
+#[tokio::test]
+async fn exists_list_and_maintenance_are_served_without_a_write() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "a/one.git").await;
+    create(&router, "b/two.git").await;
+    let mut client = router.repository_client().await;
+    let mut list = client
+        .list_repositories(ListRepositoriesRequest {
+            storage_name: "default".into(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let mut paths = Vec::new();
+    while let Some(m) = list.message().await.expect("list message") {
+        paths.extend(m.repositories.into_iter().map(|e| e.relative_path));
+    }
+    assert_eq!(paths, vec!["a/one.git", "b/two.git"]);
+    client
+        .optimize_repository(OptimizeRepositoryRequest {
+            repository: Some(repo("a/one.git")),
+        })
+        .await
+        .expect("optimize");
+    let (id, _, _, generation) = record(&cluster, "a/one.git").await.expect("record");
+    assert_eq!(generation, 0);
+    let jobs: i64 = db(&cluster)
+        .await
+        .query_one(
+            "SELECT count(*) FROM replication_jobs WHERE repository_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(jobs, 0);
+}
+
+#[tokio::test]
+async fn writes_succeed_with_the_bus_down_and_jobs_stay_pending() {
+    let cluster = cluster().await;
+    let closed = gitcluster_integration_tests::free_port();
+    let router = TestRouter::start(
+        &cluster,
+        Options {
+            amqp_url: format!("amqp://guest:guest@127.0.0.1:{closed}/%2f"),
+        },
+    )
+    .await;
+    create(&router, "nobus.git").await;
+    router
+        .ref_client()
+        .await
+        .set_default_branch(SetDefaultBranchRequest {
+            repository: Some(repo("nobus.git")),
+            name: "refs/heads/main".into(),
+        })
+        .await
+        .expect("write without a broker");
+    let (id, _, _, generation) = record(&cluster, "nobus.git").await.expect("record");
+    assert_eq!(generation, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let states: Vec<String> = db(&cluster)
+        .await
+        .query(
+            "SELECT state::text FROM replication_jobs WHERE repository_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("jobs")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(states, vec!["pending", "pending"]);
+}
+
+#[tokio::test]
+async fn topology_changes_apply_without_restart() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    let err = read(&router, "x.git", false).await.expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound);
+    db(&cluster)
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO virtual_storages (name) VALUES ('second'); \
+             INSERT INTO storages (virtual_storage, storage, address) VALUES ('second', 'gitaly-1', '{}')",
+            cluster.storages[0].address
+        ))
+        .await
+        .expect("add virtual storage");
+    eventually!("second virtual storage known", {
+        let r = router
+            .repository_client()
+            .await
+            .create_repository(CreateRepositoryRequest {
+                repository: Some(gitcluster_proto::v1::Repository {
+                    storage_name: "second".into(),
+                    relative_path: "s.git".into(),
+                }),
+                ..Default::default()
+            })
+            .await;
+        r.map(drop).map_err(|e| anyhow::anyhow!("{e:?}"))
+    });
+}
