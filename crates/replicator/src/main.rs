@@ -8,7 +8,7 @@ use clap::Parser;
 use gitcluster_migrations::SchemaError;
 use gitcluster_replicator::{Config, run};
 
-const SERVICE: &str = "gitcluster-replicator";
+use gitcluster_replicator::SERVICE;
 
 fn main() -> ExitCode {
     let config = match Config::try_parse() {

@@ -40,7 +40,9 @@ async fn unmigrated_database_exits_78_with_one_line_naming_sql_migrate() {
 async fn migrated_database_serves_healthz_and_sigterm_exits_cleanly() {
     let db = TestDb::create(true).await;
     let port = free_port();
+    let prefix = format!("t{}", gitcluster_proto::bus::new_job_id().simple());
     let mut child = replicator(&db.url, port)
+        .env("GITCLUSTER_BUS_PREFIX", &prefix)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -69,6 +71,36 @@ async fn migrated_database_serves_healthz_and_sigterm_exits_cleanly() {
     assert!(kill.expect("run kill").success());
     let status = child.wait().expect("wait for replicator");
     assert_eq!(status.code(), Some(0), "clean exit after SIGTERM");
+    delete_base_topology(&prefix).await;
+}
+
+/// Deletes what the replicator declared under `prefix` with its default retry delays.
+async fn delete_base_topology(prefix: &str) {
+    use gitcluster_proto::bus::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let names = gitcluster_proto::jobs::BusNames::new(prefix);
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let conn = gitcluster_proto::bus::connect(&url, "replicator-test")
+        .await
+        .expect("RabbitMQ reachable");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut tiers: Vec<String> = [1000, 5000, 30000, 120000]
+        .iter()
+        .map(|&d| names.retry_exchange(d))
+        .collect();
+    tiers.push(names.dead_letter());
+    for q in &tiers {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete queue");
+    }
+    tiers.push(names.replication_exchange());
+    for e in &tiers {
+        ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await
+            .expect("delete exchange");
+    }
+    let _ = conn.close(200, "done".into()).await;
 }
 
 #[test]

@@ -1,0 +1,601 @@
+//! The replicator against real storage nodes, PostgreSQL, RabbitMQ and git: jobs are
+//! rows inserted by SQL and messages published on a bus prefix private to each test.
+
+#![allow(clippy::disallowed_methods)] // tests block their own thread on child processes
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use gitcluster_integration_tests::{
+    Cluster, TestDb, binary, eventually, free_port, git, http_get, metric_sum, patience,
+};
+use gitcluster_proto::bus::lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use gitcluster_proto::bus::lapin::types::FieldTable;
+use gitcluster_proto::bus::lapin::{BasicProperties, Channel, Connection};
+use gitcluster_proto::bus::{self, Destination, Envelope, Publisher};
+use gitcluster_proto::jobs::{BusNames, Change, ERROR_HEADER, ReplicationJob};
+use gitcluster_proto::v1::repository_service_client::RepositoryServiceClient;
+use gitcluster_proto::v1::{CalculateChecksumRequest, RepositoryExistsRequest};
+
+const VS: &str = "default";
+const PATH: &str = "group/project.git";
+const REPO_ID: i64 = 42;
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A replicator process on a private bus prefix.
+struct Replicator {
+    child: Option<Child>,
+    log: PathBuf,
+    metrics: std::net::SocketAddr,
+}
+
+impl Replicator {
+    async fn start(
+        db_url: &str,
+        prefix: &str,
+        token: &str,
+        dir: &Path,
+        delays: &[u64],
+        extra: &[&str],
+    ) -> Replicator {
+        let port = free_port();
+        let log = dir.join(format!("replicator-{port}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let delays: Vec<String> = delays.iter().map(u64::to_string).collect();
+        let child = Command::new(binary("gitcluster-replicator"))
+            .arg(format!("--metrics-listen=127.0.0.1:{port}"))
+            .arg(format!("--retry-delays-ms={}", delays.join(",")))
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db_url)
+            .env("AMQP_URL", amqp_url())
+            .env("GITCLUSTER_BUS_PREFIX", prefix)
+            .env("GITCLUSTER_INTERNAL_TOKEN", token)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,gitcluster_replicator=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn replicator");
+        let mut r = Replicator {
+            child: Some(child),
+            log,
+            metrics: ([127, 0, 0, 1], port).into(),
+        };
+        let deadline = Instant::now() + patience();
+        loop {
+            if let Ok(Some(status)) = r.child.as_mut().unwrap().try_wait() {
+                panic!("replicator exited during start-up: {status}\n{}", r.log());
+            }
+            if let Ok((200, _)) = http_get(r.metrics, "/healthz").await {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicator not ready\n{}",
+                r.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        r
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn jobs(&self, outcome: &str) -> f64 {
+        let (_, body) = http_get(self.metrics, "/metrics").await.unwrap();
+        metric_sum(
+            &body,
+            "gitcluster_replicator_jobs_total",
+            &[("outcome", outcome)],
+        )
+    }
+
+    /// SIGTERM, then the exit code; also fails on ERROR lines not containing `expected`.
+    fn terminate(&mut self, expected: &[&str]) -> Option<i32> {
+        let mut child = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let status = child.wait().unwrap();
+        let log = self.log();
+        eprintln!("replicator log:\n{log}");
+        let unexpected: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("\"level\":\"ERROR\""))
+            .filter(|l| !expected.iter().any(|e| l.contains(e)))
+            .collect();
+        assert!(unexpected.is_empty(), "unexpected ERROR lines:\n{log}");
+        status.code()
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            eprintln!("replicator log:\n{}", self.log());
+        }
+    }
+}
+
+/// The test's private slice of the broker.
+struct Bus {
+    conn: Connection,
+    publisher: Publisher,
+    names: BusNames,
+    delays: Vec<u64>,
+}
+
+impl Bus {
+    async fn new(delays: &[u64]) -> Bus {
+        let prefix = format!("t{}", bus::new_job_id().simple());
+        let names = BusNames::new(&prefix);
+        let conn = bus::connect(&amqp_url(), "replicator-test")
+            .await
+            .expect("RabbitMQ reachable (make test starts it)");
+        let publisher = Publisher::new(&conn, names.clone(), "gitcluster-router")
+            .await
+            .unwrap();
+        bus::declare_base(publisher.channel(), &names, delays)
+            .await
+            .unwrap();
+        for s in ["gitaly-1", "gitaly-2"] {
+            bus::declare_target(publisher.channel(), &names, VS, s)
+                .await
+                .unwrap();
+        }
+        Bus {
+            conn,
+            publisher,
+            names,
+            delays: delays.to_vec(),
+        }
+    }
+
+    fn prefix(&self) -> String {
+        self.names
+            .replication_exchange()
+            .trim_end_matches(".replication")
+            .to_owned()
+    }
+
+    fn channel(&self) -> &Channel {
+        self.publisher.channel()
+    }
+
+    async fn publish(&self, job: &ReplicationJob) {
+        self.publisher
+            .publish(
+                job,
+                Destination::Queue,
+                Envelope {
+                    attempt: 1,
+                    ..Envelope::default()
+                },
+            )
+            .await
+            .expect("publish job");
+    }
+
+    /// Deletes every queue and exchange of the prefix.
+    async fn delete(self) {
+        let mut queues = vec![
+            self.names.replication_queue(VS, "gitaly-1"),
+            self.names.replication_queue(VS, "gitaly-2"),
+            self.names.dead_letter(),
+        ];
+        let mut exchanges = vec![self.names.replication_exchange(), self.names.dead_letter()];
+        for &d in &self.delays {
+            queues.push(self.names.retry_exchange(d));
+            exchanges.push(self.names.retry_exchange(d));
+        }
+        let ch = self.conn.create_channel().await.unwrap();
+        for q in queues {
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        }
+        for e in exchanges {
+            ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+                .unwrap();
+        }
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
+/// Two storage nodes, a gateway on node 1, a database with the topology, and a
+/// repository pushed to gitaly-1 and recorded at `source_generation`.
+async fn cluster_with_repository(source_generation: i64) -> (Cluster, tokio_postgres::Client) {
+    let cluster = Cluster::builder()
+        .storages(2)
+        .gateway()
+        .database()
+        .start()
+        .await;
+    let db = cluster.db.as_ref().unwrap().client().await;
+    db.execute(
+        "INSERT INTO virtual_storages (name) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[&VS],
+    )
+    .await
+    .unwrap();
+    for s in &cluster.storages {
+        db.execute(
+            "INSERT INTO storages (virtual_storage, storage, address) VALUES ($1, $2, $3)
+             ON CONFLICT (virtual_storage, storage) DO UPDATE SET address = EXCLUDED.address",
+            &[&VS, &s.storage, &s.address],
+        )
+        .await
+        .unwrap();
+    }
+
+    let work = cluster.dir().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git::run(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("README"), "hello\n").unwrap();
+    git::commit_all(&work, "first");
+    git::run(&work, &["tag", "v1"]);
+    std::fs::write(work.join("more"), "more\n").unwrap();
+    git::commit_all(&work, "second");
+    git::run(&work, &["branch", "feature"]);
+    let url = cluster.repo_url(PATH);
+    git::run(&work, &["push", "-q", &url, "main", "feature", "v1"]);
+
+    db.execute(
+        "INSERT INTO repositories (repository_id, virtual_storage, relative_path, replica_path, \"primary\", generation)
+         VALUES ($1, $2, $3, $3, 'gitaly-1', $4)",
+        &[&REPO_ID, &VS, &PATH, &source_generation],
+    )
+    .await
+    .unwrap();
+    set_generation(&db, "gitaly-1", source_generation).await;
+    (cluster, db)
+}
+
+async fn set_generation(db: &tokio_postgres::Client, storage: &str, generation: i64) {
+    db.execute(
+        "INSERT INTO storage_repositories (repository_id, storage, generation) VALUES ($1, $2, $3)
+         ON CONFLICT (repository_id, storage) DO UPDATE SET generation = EXCLUDED.generation",
+        &[&REPO_ID, &storage, &generation],
+    )
+    .await
+    .unwrap();
+}
+
+async fn generation(db: &tokio_postgres::Client, storage: &str) -> Option<i64> {
+    db.query_opt(
+        "SELECT generation FROM storage_repositories WHERE repository_id = $1 AND storage = $2",
+        &[&REPO_ID, &storage],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+/// Inserts the job row (state `published`) and returns its message body.
+async fn insert_job(db: &tokio_postgres::Client) -> ReplicationJob {
+    let id = bus::new_job_id();
+    db.execute(
+        "INSERT INTO replication_jobs (id, repository_id, virtual_storage, change, source_storage, target_storage, state, published_at)
+         VALUES ($1, $2, $3, 'update', 'gitaly-1', 'gitaly-2', 'published', now())",
+        &[&id, &REPO_ID, &VS],
+    )
+    .await
+    .unwrap();
+    ReplicationJob {
+        job_id: id.to_string(),
+        change: Change::Update,
+        repository_id: REPO_ID,
+        virtual_storage: VS.into(),
+        relative_path: PATH.into(),
+        replica_path: PATH.into(),
+        source_storage: Some("gitaly-1".into()),
+        target_storage: "gitaly-2".into(),
+    }
+}
+
+/// `(state, attempts, error, source_generation)` of a job row.
+async fn job_row(
+    db: &tokio_postgres::Client,
+    job: &ReplicationJob,
+) -> (String, i32, Option<String>, Option<i64>) {
+    let id = uuid::Uuid::parse_str(&job.job_id).unwrap();
+    let r = db
+        .query_one(
+            "SELECT state::text, attempts, error, source_generation FROM replication_jobs WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+async fn checksum(cluster: &Cluster, i: usize) -> String {
+    let mut client =
+        RepositoryServiceClient::with_interceptor(cluster.channel(i).await, cluster.auth());
+    client
+        .calculate_checksum(CalculateChecksumRequest {
+            repository: Some(cluster.repository(i, PATH)),
+        })
+        .await
+        .expect("checksum")
+        .into_inner()
+        .checksum
+}
+
+async fn exists(cluster: &Cluster, i: usize) -> bool {
+    let mut client =
+        RepositoryServiceClient::with_interceptor(cluster.channel(i).await, cluster.auth());
+    client
+        .repository_exists(RepositoryExistsRequest {
+            repository: Some(cluster.repository(i, PATH)),
+        })
+        .await
+        .expect("repository exists")
+        .into_inner()
+        .exists
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_job_mirrors_target_at_source_generation_and_a_duplicate_is_harmless() {
+    let (cluster, db) = cluster_with_repository(3).await;
+    let delays = [100, 200];
+    let bus = Bus::new(&delays).await;
+    let mut replicator = Replicator::start(
+        &cluster.db.as_ref().unwrap().url,
+        &bus.prefix(),
+        &cluster.token,
+        cluster.dir(),
+        &delays,
+        &[],
+    )
+    .await;
+
+    // Another worker (here: the test) holds the (repository, target) pair: the job
+    // waits in the retry tier without using up attempts.
+    let mut holder = cluster.db.as_ref().unwrap().client().await;
+    let lock = holder.transaction().await.unwrap();
+    lock.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::bigint::text || '/' || $2::text, 0))",
+        &[&REPO_ID, &"gitaly-2"],
+    )
+    .await
+    .unwrap();
+    let job = insert_job(&db).await;
+    bus.publish(&job).await;
+    eventually!("job found busy twice", {
+        ensure!(replicator.jobs("busy").await >= 2.0);
+        Ok(())
+    });
+    assert_eq!(job_row(&db, &job).await.0, "published");
+    lock.commit().await.unwrap();
+
+    eventually!("job done", {
+        let (state, ..) = job_row(&db, &job).await;
+        ensure!(state == "done", "state {state}");
+        Ok(())
+    });
+    let (_, attempts, error, source_generation) = job_row(&db, &job).await;
+    assert_eq!((attempts, error, source_generation), (1, None, Some(3)));
+    assert_eq!(
+        generation(&db, "gitaly-2").await,
+        Some(3),
+        "exactly the source's"
+    );
+    assert_eq!(checksum(&cluster, 0).await, checksum(&cluster, 1).await);
+    assert_ne!(checksum(&cluster, 1).await, "0".repeat(40));
+    assert_eq!(replicator.jobs("done").await, 1.0);
+
+    // The same message again (an outbox re-publish): a lookup, nothing else.
+    bus.publish(&job).await;
+    eventually!("duplicate counted", {
+        ensure!(replicator.jobs("duplicate").await == 1.0);
+        Ok(())
+    });
+    assert_eq!(generation(&db, "gitaly-2").await, Some(3));
+    assert_eq!(job_row(&db, &job).await.0, "done");
+
+    assert_eq!(replicator.terminate(&[]), Some(0));
+    bus.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_ahead_of_source_is_skipped_never_lowered_and_poison_is_dead_lettered() {
+    let (cluster, db) = cluster_with_repository(1).await;
+    set_generation(&db, "gitaly-2", 5).await;
+    let delays = [100, 200];
+    let bus = Bus::new(&delays).await;
+    let mut replicator = Replicator::start(
+        &cluster.db.as_ref().unwrap().url,
+        &bus.prefix(),
+        &cluster.token,
+        cluster.dir(),
+        &delays,
+        &[],
+    )
+    .await;
+
+    let job = insert_job(&db).await;
+    bus.publish(&job).await;
+    eventually!("job done", {
+        let (state, ..) = job_row(&db, &job).await;
+        ensure!(state == "done", "state {state}");
+        Ok(())
+    });
+    assert_eq!(replicator.jobs("skipped").await, 1.0);
+    assert_eq!(generation(&db, "gitaly-2").await, Some(5), "never lowered");
+    assert!(!exists(&cluster, 1).await, "nothing was copied");
+
+    // A body that is not a job goes to the dead-letter queue, once.
+    bus.channel()
+        .basic_publish(
+            bus.names.replication_exchange().as_str().into(),
+            BusNames::routing_key(VS, "gitaly-2").as_str().into(),
+            BasicPublishOptions::default(),
+            b"{not json",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let dead = eventually!("poison dead-lettered", {
+        let got = bus
+            .channel()
+            .basic_get(
+                bus.names.dead_letter().as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await?;
+        got.context("dead-letter queue empty")
+    });
+    let error = bus::header_str(&dead.delivery.properties, ERROR_HEADER).unwrap();
+    assert!(error.starts_with("malformed message: "), "{error}");
+    assert_eq!(dead.delivery.data, b"{not json");
+    dead.delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+
+    assert_eq!(replicator.terminate(&[]), Some(0));
+    bus.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_target_retries_with_growing_delays_then_is_dead_lettered() {
+    let (mut cluster, db) = cluster_with_repository(1).await;
+    cluster.storages[1].member.kill();
+    let delays = [100, 200];
+    let bus = Bus::new(&delays).await;
+    let mut replicator = Replicator::start(
+        &cluster.db.as_ref().unwrap().url,
+        &bus.prefix(),
+        &cluster.token,
+        cluster.dir(),
+        &delays,
+        &["--max-attempts=3", "--job-timeout-secs=10"],
+    )
+    .await;
+
+    let job = insert_job(&db).await;
+    let published = Instant::now();
+    bus.publish(&job).await;
+    let dead = eventually!("job dead-lettered", {
+        let got = bus
+            .channel()
+            .basic_get(
+                bus.names.dead_letter().as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await?;
+        got.context("dead-letter queue empty")
+    });
+    // Two retries waited out their tiers (100 ms, then 200 ms) before the last attempt.
+    assert!(published.elapsed() >= Duration::from_millis(300));
+    let props = &dead.delivery.properties;
+    assert_eq!(bus::attempt_of(props), 3);
+    let error = bus::header_str(props, ERROR_HEADER).expect("error header");
+    assert!(error.contains("gitaly-2"), "{error}");
+    let body: ReplicationJob = serde_json::from_slice(&dead.delivery.data).unwrap();
+    assert_eq!(body, job);
+    dead.delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+
+    let (state, attempts, row_error, _) = job_row(&db, &job).await;
+    assert_eq!((state.as_str(), attempts), ("dead", 3));
+    assert_eq!(row_error.as_deref(), Some(error.as_str()));
+    assert_eq!(generation(&db, "gitaly-2").await, None);
+    assert_eq!(replicator.jobs("failed").await, 2.0);
+    assert_eq!(replicator.jobs("dead").await, 1.0);
+
+    assert_eq!(
+        replicator.terminate(&["replication job dead after its last attempt"]),
+        Some(0)
+    );
+    bus.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_idle_exits_zero() {
+    let db = TestDb::create(true).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO virtual_storages (name) VALUES ('default');
+             INSERT INTO storages (virtual_storage, storage, address)
+             VALUES ('default', 'gitaly-1', 'http://127.0.0.1:1'),
+                    ('default', 'gitaly-2', 'http://127.0.0.1:2')",
+        )
+        .await
+        .unwrap();
+    let delays = [100, 200];
+    let bus = Bus::new(&delays).await;
+    let dir = tempfile_dir();
+    let mut replicator =
+        Replicator::start(&db.url, &bus.prefix(), "t", dir.as_path(), &delays, &[]).await;
+
+    // A storage added to the topology gets a consumer without a restart.
+    client
+        .execute(
+            "INSERT INTO storages (virtual_storage, storage, address)
+             VALUES ('default', 'gitaly-3', 'http://127.0.0.1:3')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let queue = bus.names.replication_queue(VS, "gitaly-3");
+    eventually!("consumer on the new storage's queue", {
+        let ch = bus.conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        ensure!(q.consumer_count() == 1, "{} consumers", q.consumer_count());
+        Ok(())
+    });
+
+    let started = Instant::now();
+    assert_eq!(replicator.terminate(&[]), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(20), "prompt exit");
+    let _ = std::fs::remove_dir_all(&dir);
+    bus.channel()
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    bus.delete().await;
+}
+
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("replicator-{}", bus::new_job_id().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
