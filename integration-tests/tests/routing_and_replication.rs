@@ -365,7 +365,7 @@ async fn replicator_killed_mid_backlog_converges_after_restart_and_duplicates_ar
     });
     let state: String = db
         .query_one(
-            "SELECT state::text FROM replication_jobs WHERE id = $1::uuid",
+            "SELECT state::text FROM replication_jobs WHERE id::text = $1",
             &[&job.job_id],
         )
         .await
@@ -394,22 +394,41 @@ async fn job_for_a_dead_target_retries_with_growing_delays_then_dead_letters() {
     git::run(&work, &["push", "-q", &url, "main"]);
     wait_converged(&cluster, "doomed.git").await;
 
-    cluster.storages[2].member.kill();
+    // Kill a secondary: until the election service exists a dead primary means no writes.
+    let (id, _, _) = repository_row(&cluster, "doomed.git").await.unwrap();
+    let db = cluster.db.as_ref().unwrap().client().await;
+    let primary: String = db
+        .query_one(
+            "SELECT \"primary\" FROM repositories WHERE repository_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let victim = cluster
+        .storages
+        .iter()
+        .position(|s| s.storage != primary)
+        .unwrap();
+    let victim_name = cluster.storages[victim].storage.clone();
+    cluster.storages[victim].member.kill();
     std::fs::write(work.join("README.md"), "after the crash\n").unwrap();
     git::commit_all(&work, "after");
     git::run(&work, &["push", "-q", &url, "main"]);
 
-    let db = cluster.db.as_ref().unwrap().client().await;
-    let (attempts, error): (i32, Option<String>) = eventually!("job to gitaly-3 is dead", {
-        let row = db
+    let (attempts, error): (i32, Option<String>) = eventually!(
+        "job to the dead secondary is dead",
+        {
+            let row = db
             .query_opt(
-                "SELECT attempts, error FROM replication_jobs WHERE target_storage = 'gitaly-3' AND state = 'dead'",
-                &[],
+                "SELECT attempts, error FROM replication_jobs WHERE target_storage = $1 AND state = 'dead'",
+                &[&victim_name],
             )
             .await?
             .ok_or_else(|| anyhow::anyhow!("no dead job yet"))?;
-        Ok((row.get(0), row.get(1)))
-    });
+            Ok((row.get(0), row.get(1)))
+        }
+    );
     assert_eq!(attempts, 3);
     assert!(
         error.as_deref().is_some_and(|e| !e.is_empty()),
@@ -420,20 +439,22 @@ async fn job_for_a_dead_target_retries_with_growing_delays_then_dead_letters() {
         bus::queue_depth(&dead_queue).await.unwrap() >= 1,
         "dead letter visible in the broker"
     );
-    // The other secondary still got the write.
-    let (id, _, generation) = repository_row(&cluster, "doomed.git").await.unwrap();
+    // The other secondary still got the write; the dead one stays behind.
+    let (_, _, generation) = repository_row(&cluster, "doomed.git").await.unwrap();
     let gens = replica_generations(&cluster, id).await;
-    assert!(
-        gens.contains(&("gitaly-2".to_owned(), generation)),
+    assert_eq!(
+        gens.iter().filter(|(_, g)| *g == generation).count(),
+        2,
         "{gens:?}"
     );
     assert!(
-        gens.iter().any(|(s, g)| s == "gitaly-3" && *g < generation),
+        gens.iter()
+            .any(|(s, g)| *s == victim_name && *g < generation),
         "{gens:?}"
     );
     // A dead job is an operator's problem: the replicator says so at ERROR.
     cluster.expect_error("dead");
-    cluster.expect_error("gitaly-3");
+    cluster.expect_error(&victim_name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
