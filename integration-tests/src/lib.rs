@@ -570,6 +570,34 @@ impl Cluster {
         self.replicators.push(member);
     }
 
+    /// Starts an extra gateway (not checked for ERROR lines) in front of `upstream`,
+    /// e.g. a storage node directly, to compare paths in benchmarks.
+    pub async fn extra_gateway(&self, name: &str, upstream: &str, token: &str) -> Gateway {
+        let port = free_port();
+        let metrics = free_port();
+        let mut env = BTreeMap::new();
+        env.insert("GITCLUSTER_GATEWAY_UPSTREAM_TOKEN".into(), token.to_owned());
+        let mut member = Member {
+            name: name.to_owned(),
+            binary: binary("gitcluster-gateway"),
+            args: vec![
+                format!("--listen=127.0.0.1:{port}"),
+                format!("--metrics-listen=127.0.0.1:{metrics}"),
+                format!("--upstream={upstream}"),
+            ],
+            env,
+            log: self.dir.path().join(format!("{name}.log")),
+            child: None,
+            metrics_addr: ([127, 0, 0, 1], metrics).into(),
+        };
+        member.spawn();
+        member.wait_ready().await;
+        Gateway {
+            url: format!("http://127.0.0.1:{port}"),
+            member,
+        }
+    }
+
     /// A gRPC channel to router `i` (0-based).
     pub async fn router_channel(&self, i: usize) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(self.routers[i].address.clone())

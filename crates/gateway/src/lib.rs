@@ -104,7 +104,11 @@ pub async fn serve(
             info!("shutdown requested, draining in-flight requests");
         }
     };
-    let server = axum::serve(listeners.http, app).with_graceful_shutdown(stop_accepting);
+    // Git's small negotiation packets must not wait for delayed ACKs.
+    let http = axum::serve::ListenerExt::tap_io(listeners.http, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(http, app).with_graceful_shutdown(stop_accepting);
     let server = server.into_future();
     tokio::pin!(server);
     ready.set(true);

@@ -201,7 +201,9 @@ pub async fn serve(
             internal::Internal::new(node.clone())
         ));
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+    // Small gRPC frames must not wait for delayed ACKs (Nagle costs ~40 ms a call).
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let server = router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     tokio::pin!(server);
     readiness.set(true);

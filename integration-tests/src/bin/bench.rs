@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use gitcluster_integration_tests::{Cluster, bin_dir, git};
+use gitcluster_proto::v1::RepositorySizeRequest;
+use gitcluster_proto::v1::repository_service_client::RepositoryServiceClient;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -122,6 +124,185 @@ async fn storage_bench() -> Result<serde_json::Value> {
     }))
 }
 
+/// Sequential latencies of one small unary RPC (`RepositorySize` on a tiny repository).
+async fn unary_latencies(
+    channel: tonic::transport::Channel,
+    auth: gitcluster_proto::auth::BearerToken,
+    repository: gitcluster_proto::v1::Repository,
+    calls: usize,
+) -> Result<Vec<Duration>> {
+    let mut client = RepositoryServiceClient::with_interceptor(channel, auth);
+    let req = || RepositorySizeRequest { repository: Some(repository.clone()) };
+    for _ in 0..50 {
+        client.repository_size(req()).await?; // warm-up: connections, caches
+    }
+    let mut out = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let start = Instant::now();
+        client.repository_size(req()).await?;
+        out.push(start.elapsed());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `(repository_id, replica_path)` of a repository, by relative path.
+async fn repository_row(db: &tokio_postgres::Client, path: &str) -> Result<(i64, String)> {
+    let row = db
+        .query_one("SELECT repository_id, replica_path FROM repositories WHERE relative_path = $1", &[&path])
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// True when every assigned replica is at the repository's generation.
+async fn converged(db: &tokio_postgres::Client, id: i64, replicas: i64) -> Result<bool> {
+    let row = db
+        .query_one(
+            "SELECT count(*) FROM storage_repositories s JOIN repositories r USING (repository_id)
+             WHERE s.repository_id = $1 AND s.generation = r.generation",
+            &[&id],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) == replicas)
+}
+
+async fn router_bench() -> Result<serde_json::Value> {
+    let mut cluster = Cluster::builder().storages(3).routers(1).replicators(1).gateway().start().await;
+    let db = cluster.db.as_ref().context("database")?.client().await;
+    let scratch = cluster.dir().join("bench");
+    std::fs::create_dir_all(&scratch)?;
+
+    // 1. Unary overhead: the same RPC on the same replica, direct vs through the router.
+    let small = scratch.join("small");
+    std::fs::create_dir_all(&small)?;
+    git::run(&small, &["init", "-q", "--initial-branch=main"]);
+    git::commit_all(&small, "base");
+    let small_url = cluster.repo_url("bench/small.git");
+    git::run(&small, &["push", "-q", &small_url, "main"]);
+    let (small_id, small_replica) = repository_row(&db, "bench/small.git").await?;
+    let primary: String = db
+        .query_one("SELECT \"primary\" FROM repositories WHERE repository_id = $1", &[&small_id])
+        .await?
+        .get(0);
+    let primary_idx = cluster.storages.iter().position(|s| s.storage == primary).context("primary node")?;
+    let calls = 2000;
+    let direct = unary_latencies(
+        cluster.channel(primary_idx).await,
+        cluster.auth(),
+        cluster.repository(primary_idx, &small_replica),
+        calls,
+    )
+    .await?;
+    let routed = unary_latencies(
+        cluster.router_channel(0).await,
+        cluster.external_auth(),
+        cluster.virtual_repository("bench/small.git"),
+        calls,
+    )
+    .await?;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let (d50, r50) = (us(percentile(&direct, 0.5)), us(percentile(&routed, 0.5)));
+    let (d99, r99) = (us(percentile(&direct, 0.99)), us(percentile(&routed, 0.99)));
+
+    // 2. Clone throughput: gateway → router vs gateway → the primary storage node.
+    let work = scratch.join("work");
+    std::fs::create_dir_all(&work)?;
+    git::run(&work, &["init", "-q", "--initial-branch=main"]);
+    for i in 0..4 {
+        git::write_random_file(&work.join(format!("blob-{i}.bin")), 8 * 1024 * 1024);
+        git::commit_all(&work, &format!("commit {i}"));
+    }
+    let big_url = cluster.repo_url("bench/big.git");
+    git::run(&work, &["push", "-q", &big_url, "main"]);
+    let (big_id, big_replica) = repository_row(&db, "bench/big.git").await?;
+    let big_primary: String = db
+        .query_one("SELECT \"primary\" FROM repositories WHERE repository_id = $1", &[&big_id])
+        .await?
+        .get(0);
+    let node = cluster.storages.iter().find(|s| s.storage == big_primary).context("primary node")?;
+    let direct_gw = cluster.extra_gateway("gateway-direct", &node.address, &cluster.token).await;
+    let direct_url = format!("{}/{}/{}", direct_gw.url, node.storage, big_replica);
+    time_clones(&scratch, &direct_url, "warm", 1)?;
+    let runs = 5;
+    let via_direct = time_clones(&scratch, &direct_url, "direct", runs)?;
+    // Reads through the router may land on any up-to-date replica: wait for them.
+    while !converged(&db, big_id, 3).await? {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let via_router = time_clones(&scratch, &big_url, "router", runs)?;
+    let clone_ratio = via_direct.as_secs_f64() / via_router.as_secs_f64();
+
+    // 3. Replication lag: push acknowledged → every replica at the new generation.
+    let pushes = 50;
+    let mut lags = Vec::with_capacity(pushes);
+    for i in 0..pushes {
+        std::fs::write(small.join("counter.txt"), format!("{i}\n"))?;
+        git::commit_all(&small, &format!("push {i}"));
+        git::run(&small, &["push", "-q", &small_url, "main"]);
+        let acked = Instant::now();
+        while !converged(&db, small_id, 3).await? {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        lags.push(acked.elapsed());
+    }
+    lags.sort();
+
+    // 4. Replicator throughput: a backlog built while it is down, drained after restart.
+    cluster.replicators[0].kill();
+    let backlog_repos = 8;
+    let mut ids = Vec::new();
+    for r in 0..backlog_repos {
+        let dir = scratch.join(format!("backlog-{r}"));
+        std::fs::create_dir_all(&dir)?;
+        git::run(&dir, &["init", "-q", "--initial-branch=main"]);
+        git::commit_all(&dir, "base");
+        let url = cluster.repo_url(&format!("bench/backlog-{r}.git"));
+        git::run(&dir, &["push", "-q", &url, "main"]);
+        ids.push(repository_row(&db, &format!("bench/backlog-{r}.git")).await?.0);
+    }
+    let pending: i64 = db
+        .query_one("SELECT count(*) FROM replication_jobs WHERE state IN ('pending', 'published')", &[])
+        .await?
+        .get(0);
+    let start = Instant::now();
+    cluster.replicators[0].restart().await;
+    loop {
+        let left: i64 = db
+            .query_one(
+                "SELECT count(*) FROM replication_jobs WHERE state IN ('pending', 'published', 'in_progress', 'failed')",
+                &[],
+            )
+            .await?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        ensure!(start.elapsed() < Duration::from_secs(300), "backlog did not drain");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drained = start.elapsed();
+    for id in ids {
+        ensure!(converged(&db, id, 3).await?, "repository {id} not converged after the backlog");
+    }
+
+    let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
+    let round = |x: f64| (x * 100.0).round() / 100.0;
+    Ok(serde_json::json!({
+        "unary_calls": calls,
+        "unary_direct_p50_us": round(d50),
+        "unary_router_p50_us": round(r50),
+        "unary_added_p50_us": round(r50 - d50),
+        "unary_added_p99_us": round(r99 - d99),
+        "clone_mb": 32,
+        "clone_ratio_router_vs_direct": round(clone_ratio),
+        "replication_pushes": pushes,
+        "replication_lag_p50_ms": ms(percentile(&lags, 0.5)),
+        "replication_lag_p99_ms": ms(percentile(&lags, 0.99)),
+        "replicator_backlog_jobs": pending,
+        "replicator_jobs_per_s": round(pending as f64 / drained.as_secs_f64()),
+    }))
+}
+
 fn write_report(name: &str, report: &serde_json::Value) -> Result<PathBuf> {
     let dir = bin_dir().parent().context("target dir")?.join("bench");
     std::fs::create_dir_all(&dir)?;
@@ -146,6 +327,10 @@ async fn main() -> Result<()> {
     if wanted("storage") {
         let report = storage_bench().await.context("storage benchmark")?;
         write_report("storage", &report)?;
+    }
+    if wanted("router") {
+        let report = router_bench().await.context("router benchmark")?;
+        write_report("router", &report)?;
     }
     Ok(())
 }
