@@ -546,6 +546,17 @@ impl Cluster {
         };
         member.spawn();
         member.wait_ready().await;
+        // Writes made before the publisher connects stay pending until the outbox relay
+        // (reconciler) exists; scenarios want their jobs on the bus, so wait for it.
+        let addr = member.metrics_addr;
+        eventually!("router connected to the job bus", {
+            let (_, m) = http_get(addr, "/metrics").await?;
+            anyhow::ensure!(
+                metric_sum(&m, "gitcluster_router_bus_connected", &[]) == 1.0,
+                "not yet"
+            );
+            Ok(())
+        });
         self.routers.push(Router {
             member,
             address: format!("http://127.0.0.1:{port}"),

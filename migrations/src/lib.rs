@@ -392,6 +392,14 @@ impl SchemaError {
     }
 }
 
+/// Exit code and one-line report for a service whose run failed on the schema gate,
+/// for `gitcluster_proto::service::run`'s `classify`: `None` for any other error.
+pub fn exit_status(error: &anyhow::Error) -> Option<(u8, String)> {
+    error
+        .downcast_ref::<SchemaError>()
+        .map(|schema| (schema.exit_code(), schema.report()))
+}
+
 /// `url` with its password replaced by `***`, for logs and `--dump-config`. Handles
 /// `scheme://user:password@host/...` URLs of any scheme (the AMQP URL too), a
 /// `password=` query parameter, and key=value connection strings

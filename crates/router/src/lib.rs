@@ -164,12 +164,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Shutdown order: the server stops accepting and drains in-flight calls (bounded);
     // then the background loops stop; publishes not confirmed by then stay `pending`
     // for the outbox relay; the pool closes last.
+    // Biased, shutdown first: the server and the admin port stop *because* shutdown
+    // fired, so once it has, their ending is the drain, not a failure.
     let result = tokio::select! {
-        r = &mut server => r.context("grpc server task")?.context("serve grpc"),
-        r = &mut admin => {
-            r.context("admin port task")?.context("serve admin port")?;
-            Err(anyhow::anyhow!("admin port stopped unexpectedly"))
-        }
+        biased;
         () = shutdown.cancelled() => {
             ready.set(false);
             match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
@@ -179,6 +177,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     Ok(())
                 }
             }
+        }
+        r = &mut server => r.context("grpc server task")?.context("serve grpc"),
+        r = &mut admin => {
+            r.context("admin port task")?.context("serve admin port")?;
+            Err(anyhow::anyhow!("admin port stopped unexpectedly"))
         }
     };
     tasks.cancel();

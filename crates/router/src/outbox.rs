@@ -19,6 +19,8 @@ use tracing::{debug, info, warn};
 use crate::db;
 use crate::topology::TopologyHandle;
 
+/// Gauge: 1 while this router holds a confirm-mode publisher on the job bus.
+pub const BUS_CONNECTED_METRIC: &str = "gitcluster_router_bus_connected";
 /// Retry delays declared for the replicator's retry tiers (must match its default).
 pub const DEFAULT_RETRY_DELAYS_MS: [u64; 4] = [1000, 5000, 30000, 120000];
 
@@ -38,6 +40,7 @@ pub struct Outbox {
 impl Outbox {
     /// An outbox with no publisher yet.
     pub fn new(pool: Pool, app_id: &str) -> Arc<Self> {
+        metrics::gauge!(BUS_CONNECTED_METRIC).set(0.0);
         Arc::new(Outbox {
             slot: RwLock::new(None),
             pool,
@@ -53,6 +56,8 @@ impl Outbox {
     }
 
     fn set(&self, publisher: Option<Publisher>) {
+        // Operators (and tests) see whether new jobs can be published right now.
+        metrics::gauge!(BUS_CONNECTED_METRIC).set(if publisher.is_some() { 1.0 } else { 0.0 });
         *self
             .slot
             .write()

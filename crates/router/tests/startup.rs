@@ -38,11 +38,13 @@ async fn unmigrated_database_exits_78_with_one_line_naming_sql_migrate() {
 async fn migrated_database_serves_healthz_and_sigterm_exits_cleanly() {
     let db = TestDb::create(true).await;
     let port = free_port();
+    let log = tempfile::NamedTempFile::new().expect("log file");
     let mut child = router(&db.url, port)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.reopen().expect("reopen log"))
         .spawn()
         .expect("spawn router");
+    let log_text = || std::fs::read_to_string(log.path()).unwrap_or_default();
     let addr = ([127, 0, 0, 1], port).into();
     let deadline = tokio::time::Instant::now() + patience();
     loop {
@@ -50,7 +52,7 @@ async fn migrated_database_serves_healthz_and_sigterm_exits_cleanly() {
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("router exited during start-up: {status}");
+            panic!("router exited during start-up: {status}\n{}", log_text());
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -66,7 +68,12 @@ async fn migrated_database_serves_healthz_and_sigterm_exits_cleanly() {
         .status();
     assert!(kill.expect("run kill").success());
     let status = child.wait().expect("wait for router");
-    assert_eq!(status.code(), Some(0), "clean exit after SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "clean exit after SIGTERM:\n{}",
+        log_text()
+    );
 }
 
 #[test]

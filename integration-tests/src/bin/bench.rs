@@ -132,7 +132,9 @@ async fn unary_latencies(
     calls: usize,
 ) -> Result<Vec<Duration>> {
     let mut client = RepositoryServiceClient::with_interceptor(channel, auth);
-    let req = || RepositorySizeRequest { repository: Some(repository.clone()) };
+    let req = || RepositorySizeRequest {
+        repository: Some(repository.clone()),
+    };
     for _ in 0..50 {
         client.repository_size(req()).await?; // warm-up: connections, caches
     }
@@ -149,7 +151,10 @@ async fn unary_latencies(
 /// `(repository_id, replica_path)` of a repository, by relative path.
 async fn repository_row(db: &tokio_postgres::Client, path: &str) -> Result<(i64, String)> {
     let row = db
-        .query_one("SELECT repository_id, replica_path FROM repositories WHERE relative_path = $1", &[&path])
+        .query_one(
+            "SELECT repository_id, replica_path FROM repositories WHERE relative_path = $1",
+            &[&path],
+        )
         .await?;
     Ok((row.get(0), row.get(1)))
 }
@@ -167,7 +172,13 @@ async fn converged(db: &tokio_postgres::Client, id: i64, replicas: i64) -> Resul
 }
 
 async fn router_bench() -> Result<serde_json::Value> {
-    let mut cluster = Cluster::builder().storages(3).routers(1).replicators(1).gateway().start().await;
+    let mut cluster = Cluster::builder()
+        .storages(3)
+        .routers(1)
+        .replicators(1)
+        .gateway()
+        .start()
+        .await;
     let db = cluster.db.as_ref().context("database")?.client().await;
     let scratch = cluster.dir().join("bench");
     std::fs::create_dir_all(&scratch)?;
@@ -181,10 +192,17 @@ async fn router_bench() -> Result<serde_json::Value> {
     git::run(&small, &["push", "-q", &small_url, "main"]);
     let (small_id, small_replica) = repository_row(&db, "bench/small.git").await?;
     let primary: String = db
-        .query_one("SELECT \"primary\" FROM repositories WHERE repository_id = $1", &[&small_id])
+        .query_one(
+            "SELECT \"primary\" FROM repositories WHERE repository_id = $1",
+            &[&small_id],
+        )
         .await?
         .get(0);
-    let primary_idx = cluster.storages.iter().position(|s| s.storage == primary).context("primary node")?;
+    let primary_idx = cluster
+        .storages
+        .iter()
+        .position(|s| s.storage == primary)
+        .context("primary node")?;
     let calls = 2000;
     let direct = unary_latencies(
         cluster.channel(primary_idx).await,
@@ -216,11 +234,20 @@ async fn router_bench() -> Result<serde_json::Value> {
     git::run(&work, &["push", "-q", &big_url, "main"]);
     let (big_id, big_replica) = repository_row(&db, "bench/big.git").await?;
     let big_primary: String = db
-        .query_one("SELECT \"primary\" FROM repositories WHERE repository_id = $1", &[&big_id])
+        .query_one(
+            "SELECT \"primary\" FROM repositories WHERE repository_id = $1",
+            &[&big_id],
+        )
         .await?
         .get(0);
-    let node = cluster.storages.iter().find(|s| s.storage == big_primary).context("primary node")?;
-    let direct_gw = cluster.extra_gateway("gateway-direct", &node.address, &cluster.token).await;
+    let node = cluster
+        .storages
+        .iter()
+        .find(|s| s.storage == big_primary)
+        .context("primary node")?;
+    let direct_gw = cluster
+        .extra_gateway("gateway-direct", &node.address, &cluster.token)
+        .await;
     let direct_url = format!("{}/{}/{}", direct_gw.url, node.storage, big_replica);
     time_clones(&scratch, &direct_url, "warm", 1)?;
     let runs = 5;
@@ -258,10 +285,17 @@ async fn router_bench() -> Result<serde_json::Value> {
         git::commit_all(&dir, "base");
         let url = cluster.repo_url(&format!("bench/backlog-{r}.git"));
         git::run(&dir, &["push", "-q", &url, "main"]);
-        ids.push(repository_row(&db, &format!("bench/backlog-{r}.git")).await?.0);
+        ids.push(
+            repository_row(&db, &format!("bench/backlog-{r}.git"))
+                .await?
+                .0,
+        );
     }
     let pending: i64 = db
-        .query_one("SELECT count(*) FROM replication_jobs WHERE state IN ('pending', 'published')", &[])
+        .query_one(
+            "SELECT count(*) FROM replication_jobs WHERE state IN ('pending', 'published')",
+            &[],
+        )
         .await?
         .get(0);
     let start = Instant::now();
@@ -277,12 +311,18 @@ async fn router_bench() -> Result<serde_json::Value> {
         if left == 0 {
             break;
         }
-        ensure!(start.elapsed() < Duration::from_secs(300), "backlog did not drain");
+        ensure!(
+            start.elapsed() < Duration::from_secs(300),
+            "backlog did not drain"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let drained = start.elapsed();
     for id in ids {
-        ensure!(converged(&db, id, 3).await?, "repository {id} not converged after the backlog");
+        ensure!(
+            converged(&db, id, 3).await?,
+            "repository {id} not converged after the backlog"
+        );
     }
 
     let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0;

@@ -13,6 +13,7 @@
 //! client has gone: a write the primary applied is always recorded.
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -59,32 +60,51 @@ pub fn sanitize(mut metadata: MetadataMap) -> MetadataMap {
     metadata
 }
 
+/// The client's remaining request messages, parked until an upstream call first asks
+/// for them. While still parked after a failed call, nothing but the first message
+/// was sent, so the call can be replayed on another replica.
+pub type Rest = Arc<Mutex<Option<Streaming<Bytes>>>>;
+
+/// Parks the client's remaining messages (if the call is client-streaming).
+pub fn park(rest: Option<Streaming<Bytes>>) -> Option<Rest> {
+    rest.map(|r| Arc::new(Mutex::new(Some(r))))
+}
+
+/// True when no upstream call has taken the parked messages yet.
+pub fn still_parked(rest: &Option<Rest>) -> bool {
+    rest.as_ref()
+        .is_none_or(|r| r.lock().map(|slot| slot.is_some()).unwrap_or(false))
+}
+
 /// The request stream: `first`, then the client's remaining messages (when the call
 /// is client-streaming), aborting instead of ending when the client's stream fails or
 /// `abort` fires.
 pub fn outbound(
     first: Bytes,
-    rest: Option<Streaming<Bytes>>,
+    rest: Option<Rest>,
     abort: CancellationToken,
 ) -> impl Stream<Item = Outbound<Bytes>> + Send + 'static {
     let head = stream::once(async move { Outbound::Message(first) });
     let tail = stream::unfold(
-        (rest, abort, false),
-        |(mut rest, abort, aborted)| async move {
+        (rest, None::<Streaming<Bytes>>, abort, false),
+        |(rest, mut taken, abort, aborted)| async move {
             if aborted {
                 // After an abort the stream must never end cleanly; the reset drops it.
                 std::future::pending::<()>().await;
             }
-            let inbound = rest.as_mut()?;
+            if taken.is_none() {
+                taken = rest.as_ref()?.lock().ok()?.take();
+            }
+            let inbound = taken.as_mut()?;
             tokio::select! {
                 biased;
-                () = abort.cancelled() => Some((Outbound::Abort, (rest, abort, true))),
+                () = abort.cancelled() => Some((Outbound::Abort, (rest, taken, abort, true))),
                 next = inbound.message() => match next {
-                    Ok(Some(m)) => Some((Outbound::Message(m), (rest, abort, false))),
+                    Ok(Some(m)) => Some((Outbound::Message(m), (rest, taken, abort, false))),
                     Ok(None) => None,
                     Err(e) => {
                         tracing::debug!(error = %e, "client request stream failed; aborting upstream call");
-                        Some((Outbound::Abort, (rest, abort, true)))
+                        Some((Outbound::Abort, (rest, taken, abort, true)))
                     }
                 },
             }

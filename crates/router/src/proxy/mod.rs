@@ -335,21 +335,25 @@ impl Coordinator {
             return Err(Status::unavailable("no healthy up-to-date replica"));
         }
         candidates.shuffle(&mut rand::rng());
-        // Only a call whose whole request the router holds can be replayed, and only
-        // while the replica has answered nothing (no headers, no message).
-        let attempts = if call.info.client_streaming { 1 } else { 2 };
+        // A read is replayed on another replica only while the failed one has answered
+        // nothing and has not taken the client's remaining messages (a refused
+        // connection): then the router still holds everything the client sent.
+        let rest = forward::park(call.inbound.take());
         let mut last = Status::unavailable("no healthy up-to-date replica");
-        for storage_name in candidates.iter().take(attempts) {
+        for storage_name in candidates.iter().take(2) {
             let storage = &vs.storages[storage_name];
             metrics::counter!(READ_DISTRIBUTION_METRIC,
                 "virtual_storage" => vs.name.clone(), "storage" => storage_name.clone())
             .increment(1);
             let body = call.rewritten(storage_name, &meta.replica_path, additional.as_deref())?;
             let abort = CancellationToken::new();
-            let request = forward::outbound(body, call.inbound.take(), abort.clone());
+            let request = forward::outbound(body, rest.clone(), abort.clone());
             match forward::start(storage, &call.path, call.metadata.clone(), request).await {
                 Ok(response) => return Ok(forward::relay(response, abort, None)),
-                Err(status) if status.code() == tonic::Code::Unavailable => {
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && forward::still_parked(&rest) =>
+                {
                     warn!(storage = %storage_name, method = %call.path, error = %status.message(),
                         "replica unavailable for a read");
                     last = status;
@@ -383,7 +387,7 @@ impl Coordinator {
         let absent = format!("@cluster/absent/{}", uuid::Uuid::new_v4().simple());
         let body = call.rewritten(&storage_name, &absent, None)?;
         let abort = CancellationToken::new();
-        let request = forward::outbound(body, call.inbound.take(), abort.clone());
+        let request = forward::outbound(body, forward::park(call.inbound.take()), abort.clone());
         let storage = &vs.storages[&storage_name];
         let response = forward::start(storage, &call.path, call.metadata.clone(), request).await?;
         Ok(forward::relay(response, abort, None))
@@ -423,7 +427,7 @@ impl Coordinator {
         let storage = &vs.storages[&primary];
         let body = call.rewritten(&primary, &meta.replica_path, additional.as_deref())?;
         let abort = CancellationToken::new();
-        let request = forward::outbound(body, call.inbound.take(), abort.clone());
+        let request = forward::outbound(body, forward::park(call.inbound.take()), abort.clone());
         let response = forward::start(storage, &call.path, call.metadata.clone(), request).await?;
         let ctx = JobContext {
             repository_id: meta.repository_id,

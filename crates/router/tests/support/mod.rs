@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use gitcluster_integration_tests::{Cluster, amqp_url, free_port, git, http_get, patience};
+use gitcluster_integration_tests::{
+    Cluster, amqp_url, free_port, git, http_get, metric_sum, patience,
+};
 use gitcluster_proto::auth::BearerToken;
 use gitcluster_proto::v1::ref_service_client::RefServiceClient;
 use gitcluster_proto::v1::repository_service_client::RepositoryServiceClient;
@@ -90,6 +92,21 @@ impl TestRouter {
             }
             assert!(tokio::time::Instant::now() < deadline, "router not ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Jobs written before the publisher connects stay pending (the outbox relay is
+        // the reconciler's): wait for the bus unless the test points it nowhere.
+        if options.amqp_url == amqp_url() {
+            loop {
+                let m = router.metrics().await;
+                if metric_sum(&m, "gitcluster_router_bus_connected", &[]) == 1.0 {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "router never reached the bus"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         router
     }
