@@ -34,9 +34,11 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+# The workspace build also builds the bench binary; running it directly avoids a
+# second build with a different feature set (`cargo run -p` resolves features anew).
 bench:
 	$(CARGO) build --release --workspace --bins
-	$(CARGO) run --release -p gitcluster-integration-tests --bin bench
+	target/release/bench
 
 up: build
 	@deploy/local/up.sh

@@ -554,8 +554,9 @@ impl tower::Service<http::Request<axum::body::Body>> for Proxy {
             let mut grpc = tonic::server::Grpc::new(BytesCodec)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip);
+                // Accept gzip, never compress: payloads are mostly pack data, already
+                // compressed; a client asking for gzip still gets it from the node.
+                .accept_compressed(CompressionEncoding::Gzip);
             let handler = tower::service_fn(move |request: Request<Streaming<Bytes>>| {
                 coordinator.clone().handle(path.clone(), request)
             });
