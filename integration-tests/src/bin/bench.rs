@@ -237,6 +237,41 @@ async fn router_bench() -> Result<serde_json::Value> {
         }
     }
     local.sort();
+    // The same call straight to a storage node (a stat): the floor of one
+    // cross-process gRPC round trip on this machine, for comparison.
+    let mut node_client = RepositoryServiceClient::with_interceptor(
+        cluster.channel(primary_idx).await,
+        cluster.auth(),
+    );
+    let mut floor = Vec::with_capacity(calls);
+    for i in 0..calls + 50 {
+        let start = Instant::now();
+        node_client
+            .repository_exists(RepositoryExistsRequest {
+                repository: Some(cluster.repository(primary_idx, &small_replica)),
+            })
+            .await?;
+        if i >= 50 {
+            floor.push(start.elapsed());
+        }
+    }
+    floor.sort();
+    // grpc.health.v1 Check on the node: tonic-health's handler, no auth, no git work.
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(cluster.channel(primary_idx).await);
+    let mut bare = Vec::with_capacity(calls);
+    for i in 0..calls + 50 {
+        let start = Instant::now();
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        if i >= 50 {
+            bare.push(start.elapsed());
+        }
+    }
+    bare.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let local50 = us(percentile(&local, 0.5));
     let (d50, r50) = (us(percentile(&direct, 0.5)), us(percentile(&routed, 0.5)));
@@ -354,6 +389,8 @@ async fn router_bench() -> Result<serde_json::Value> {
         "unary_added_p50_us": round(r50 - d50),
         "unary_added_p99_us": round(r99 - d99),
         "unary_router_answered_p50_us": round(local50),
+        "unary_node_exists_p50_us": round(us(percentile(&floor, 0.5))),
+        "unary_node_health_p50_us": round(us(percentile(&bare, 0.5))),
         "clone_mb": 32,
         "clone_ratio_router_vs_direct": round(clone_ratio),
         "replication_pushes": pushes,

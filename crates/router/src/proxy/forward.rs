@@ -153,6 +153,16 @@ enum Frame {
     End(Result<(), Status>),
 }
 
+/// The upstream's response stream as the client's, with no task in between. Only for
+/// calls whose whole request was already sent and that need no finalizer (reads that
+/// are not client-streaming): dropping such a call cannot truncate anything, so the
+/// pump's guarantees are not needed and its extra task hop per message is saved.
+pub fn pass_through(response: tonic::Response<Streaming<Bytes>>) -> tonic::Response<ReplyStream> {
+    let (metadata, upstream, _) = response.into_parts();
+    let stream: ReplyStream = Box::pin(upstream);
+    tonic::Response::from_parts(sanitize(metadata), stream, Default::default())
+}
+
 /// Relays a started call to the client (see the module doc).
 pub fn relay(
     response: tonic::Response<Streaming<Bytes>>,

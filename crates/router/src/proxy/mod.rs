@@ -349,6 +349,7 @@ impl Coordinator {
             let abort = CancellationToken::new();
             let request = forward::outbound(body, rest.clone(), abort.clone());
             match forward::start(storage, &call.path, call.metadata.clone(), request).await {
+                Ok(response) if rest.is_none() => return Ok(forward::pass_through(response)),
                 Ok(response) => return Ok(forward::relay(response, abort, None)),
                 Err(status)
                     if status.code() == tonic::Code::Unavailable
