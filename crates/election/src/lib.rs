@@ -11,10 +11,9 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use gitcluster_migrations::redact_url;
-use gitcluster_proto::admin::{self, Readiness};
-use tokio::net::TcpListener;
+use gitcluster_proto::admin;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// The election's configuration: every flag, its environment variable and default.
 #[derive(Debug, Clone, clap::Parser)]
@@ -62,33 +61,12 @@ impl Config {
 /// [`gitcluster_migrations::SchemaError`] when the database is unreachable or its
 /// schema is not the one this build expects.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let metrics = TcpListener::bind(config.metrics_listen)
-        .await
-        .context("bind metrics listener")?;
-    info!(addr = %metrics.local_addr()?, "metrics listener bound");
-
-    // The admin port answers 503 on /healthz until the schema gate passes.
-    let ready = Readiness::default();
-    let admin = tokio::spawn(admin::serve(
-        metrics,
-        admin::install_metrics()?,
-        ready.clone(),
-        shutdown.clone(),
-    ));
-    tokio::select! {
-        gate = gitcluster_migrations::wait_for_schema(&config.database_url, |attempt, error, delay| {
+    let gate = async {
+        gitcluster_migrations::wait_for_schema(&config.database_url, |attempt, error, delay| {
             warn!(attempt, %error, ?delay, "database not reachable, retrying");
-        }) => drop(gate?),
-        () = shutdown.cancelled() => return Ok(()),
-    }
-    ready.set(true);
-    info!("election skeleton ready: schema verified; no work loops yet");
-
-    // The admin port is the only task: it returns when shutdown fires, or early on
-    // failure, which ends the process non-zero.
-    admin
+        })
         .await
-        .context("admin port task")?
-        .context("serve admin port")?;
-    Ok(())
+        .map_err(anyhow::Error::from)
+    };
+    admin::serve_skeleton("election", config.metrics_listen, gate, shutdown).await
 }

@@ -76,3 +76,42 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
+
+/// What a service without work loops yet (a skeleton) does: bind the admin port,
+/// answer 503 on `/healthz` until `gate` (the schema check) passes, then 200 until
+/// `shutdown`. A failed gate is returned as is, so its exit code survives.
+pub async fn serve_skeleton<G, T>(
+    service: &str,
+    metrics_listen: std::net::SocketAddr,
+    gate: G,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    G: std::future::Future<Output = anyhow::Result<T>>,
+{
+    use anyhow::Context as _;
+    let listener = TcpListener::bind(metrics_listen)
+        .await
+        .context("bind metrics listener")?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listener bound");
+    let ready = Readiness::default();
+    let admin = tokio::spawn(serve(
+        listener,
+        install_metrics()?,
+        ready.clone(),
+        shutdown.clone(),
+    ));
+    tokio::select! {
+        passed = gate => drop(passed?),
+        () = shutdown.cancelled() => return Ok(()),
+    }
+    ready.set(true);
+    tracing::info!("{service} skeleton ready: schema verified; no work loops yet");
+    // The admin port is the only task: it returns when shutdown fires, or early on
+    // failure, which ends the process non-zero.
+    admin
+        .await
+        .context("admin port task")?
+        .context("serve admin port")?;
+    Ok(())
+}
