@@ -252,48 +252,40 @@ async fn post_rpc(
     // The call runs in its own task: it must outlive this handler when the client goes
     // away, until its request stream has been aborted (see `CallDriver`).
     match service {
-        GitService::UploadPack => {
-            let first = PostUploadPackRequest {
+        GitService::UploadPack => spawn_post(
+            upstream,
+            driver,
+            PostUploadPackRequest {
                 repository,
                 data: Vec::new(),
                 git_protocol,
-            };
-            let messages =
-                stream::once(async { Outbound::Message(first) }).chain(chunks.map(|c| match c {
-                    Chunk::Data(data) => Outbound::Message(PostUploadPackRequest {
-                        data: data.into(),
-                        ..Default::default()
-                    }),
-                    Chunk::Abort => Outbound::Abort,
-                }));
-            tokio::spawn(async move {
-                let call = upstream.post_stream(rpc, messages);
-                driver
-                    .run(call, |m: PostUploadPackResponse| m.data, start_tx, body_tx)
-                    .await;
-            });
-        }
-        GitService::ReceivePack => {
-            let first = PostReceivePackRequest {
+            },
+            chunks,
+            |data| PostUploadPackRequest {
+                data,
+                ..Default::default()
+            },
+            |m: PostUploadPackResponse| m.data,
+            start_tx,
+            body_tx,
+        ),
+        GitService::ReceivePack => spawn_post(
+            upstream,
+            driver,
+            PostReceivePackRequest {
                 repository,
                 data: Vec::new(),
                 git_protocol,
-            };
-            let messages =
-                stream::once(async { Outbound::Message(first) }).chain(chunks.map(|c| match c {
-                    Chunk::Data(data) => Outbound::Message(PostReceivePackRequest {
-                        data: data.into(),
-                        ..Default::default()
-                    }),
-                    Chunk::Abort => Outbound::Abort,
-                }));
-            tokio::spawn(async move {
-                let call = upstream.post_stream(rpc, messages);
-                driver
-                    .run(call, |m: PostReceivePackResponse| m.data, start_tx, body_tx)
-                    .await;
-            });
-        }
+            },
+            chunks,
+            |data| PostReceivePackRequest {
+                data,
+                ..Default::default()
+            },
+            |m: PostReceivePackResponse| m.data,
+            start_tx,
+            body_tx,
+        ),
     }
     // Dropping this handler or the response body before the end marks the client gone.
     let gone = signals.client_gone.clone().drop_guard();
@@ -419,6 +411,34 @@ async fn ensure_repository(
 }
 
 /// One item of the request stream: body bytes, or the order to abort.
+/// Starts a streaming POST call in its own task: `first` (repository and protocol),
+/// then each body chunk wrapped by `wrap`, or an abort when the body fails.
+#[allow(clippy::too_many_arguments)] // one call site per git service; a struct adds nothing
+fn spawn_post<M, R>(
+    upstream: Upstream,
+    driver: CallDriver,
+    first: M,
+    chunks: impl Stream<Item = Chunk> + Send + 'static,
+    wrap: fn(Vec<u8>) -> M,
+    data: fn(R) -> Vec<u8>,
+    start_tx: oneshot::Sender<Result<(), tonic::Status>>,
+    body_tx: mpsc::Sender<Result<Bytes, tonic::Status>>,
+) where
+    M: prost::Message + Send + Sync + 'static,
+    R: prost::Message + Default + Send + Sync + 'static,
+{
+    let messages =
+        stream::once(async { Outbound::Message(first) }).chain(chunks.map(move |c| match c {
+            Chunk::Data(bytes) => Outbound::Message(wrap(bytes.into())),
+            Chunk::Abort => Outbound::Abort,
+        }));
+    let rpc = driver.rpc;
+    tokio::spawn(async move {
+        let call = upstream.post_stream(rpc, messages);
+        driver.run(call, data, start_tx, body_tx).await;
+    });
+}
+
 enum Chunk {
     Data(Bytes),
     Abort,
