@@ -34,10 +34,15 @@ impl TokenAuth {
 
     /// Checks request metadata: Ok when the request may proceed.
     pub fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        self.check_headers(metadata.as_ref())
+    }
+
+    /// [`TokenAuth::check`] on raw HTTP/2 headers (for handlers below tonic's codec).
+    pub fn check_headers(&self, headers: &http::HeaderMap) -> Result<(), Status> {
         let Some(expected) = &self.token else {
             return Ok(());
         };
-        let presented = metadata
+        let presented = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
@@ -59,7 +64,8 @@ impl TokenAuth {
             (false, "ok") => "would be ok",
             (_, s) => s,
         };
-        metrics::counter!(AUTH_METRIC, "enforced" => enforced.to_string(), "status" => label)
+        let enforced_label = if enforced { "true" } else { "false" };
+        metrics::counter!(AUTH_METRIC, "enforced" => enforced_label, "status" => label)
             .increment(1);
         if status == "ok" || !enforced {
             Ok(())
