@@ -1,7 +1,7 @@
 //! The cluster's shape as the router sees it: virtual storages and their storage
 //! nodes, read from Postgres (`virtual_storages`, `storages`) and reloaded whenever
 //! `gitcluster_topology` is notified. Each storage carries a lazily connected gRPC
-//! client that presents the internal token.
+//! client that presents the internal token, and a lazily connected read lane.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -15,6 +15,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
+use crate::proxy::{Lane, READ_DISTRIBUTION_METRIC};
+
 /// Channel to a storage node that adds the internal token to every call.
 pub type NodeChannel = InterceptedService<Channel, BearerToken>;
 
@@ -27,6 +29,11 @@ pub struct Storage {
     pub address: String,
     /// The lazily connected channel (shared by every call to this node).
     pub channel: NodeChannel,
+    /// The read fast path's own connection (`None` for addresses it cannot serve).
+    pub lane: Option<Lane>,
+    /// This storage's series of `gitcluster_router_read_distribution_total`,
+    /// registered once instead of looked up on every read.
+    pub reads: metrics::Counter,
 }
 
 impl Storage {
@@ -76,6 +83,7 @@ impl Topology {
 pub struct TopologyHandle {
     current: RwLock<Arc<Topology>>,
     token: BearerToken,
+    raw_token: Option<String>,
     changed: tokio::sync::watch::Sender<u64>,
 }
 
@@ -85,6 +93,7 @@ impl TopologyHandle {
         Ok(TopologyHandle {
             current: RwLock::new(Arc::new(Topology::default())),
             token: BearerToken::new(internal_token).context("internal token")?,
+            raw_token: internal_token.map(str::to_owned),
             changed: tokio::sync::watch::channel(0).0,
         })
     }
@@ -142,7 +151,7 @@ impl TopologyHandle {
                 .cloned();
             let storage = match reused {
                 Some(s) => s,
-                None => match self.connect(&name, &address) {
+                None => match self.connect(&vs, &name, &address) {
                     Ok(s) => Arc::new(s),
                     Err(e) => {
                         warn!(virtual_storage = %vs, storage = %name, %address, error = %e,
@@ -169,7 +178,7 @@ impl TopologyHandle {
         Ok(())
     }
 
-    fn connect(&self, name: &str, address: &str) -> anyhow::Result<Storage> {
+    fn connect(&self, virtual_storage: &str, name: &str, address: &str) -> anyhow::Result<Storage> {
         let channel = Endpoint::from_shared(address.to_owned())
             .context("parse storage address")?
             .tcp_nodelay(true)
@@ -183,6 +192,9 @@ impl TopologyHandle {
             name: name.to_owned(),
             address: address.to_owned(),
             channel: InterceptedService::new(channel, self.token.clone()),
+            lane: Lane::new(name, address, self.raw_token.as_deref()),
+            reads: metrics::counter!(READ_DISTRIBUTION_METRIC,
+                "virtual_storage" => virtual_storage.to_owned(), "storage" => name.to_owned()),
         })
     }
 }

@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use gitcluster_integration_tests::bus::queue_depth;
 use gitcluster_integration_tests::{eventually, metric_sum};
+use gitcluster_proto::auth::BearerToken;
 use gitcluster_proto::jobs::BusNames;
+use gitcluster_proto::v1::object_service_client::ObjectServiceClient;
 use gitcluster_proto::v1::update_references_request::Update;
 use gitcluster_proto::v1::{
-    CreateRepositoryRequest, FindDefaultBranchRequest, ListRepositoriesRequest,
-    OptimizeRepositoryRequest, RemoveRepositoryRequest, RenameRepositoryRequest,
-    RepositoryExistsRequest, SetDefaultBranchRequest, UpdateReferencesRequest,
+    CreateRepositoryRequest, FindCommitRequest, FindDefaultBranchRequest, ListRefsRequest,
+    ListRepositoriesRequest, OptimizeRepositoryRequest, RemoveRepositoryRequest,
+    RenameRepositoryRequest, RepositoryExistsRequest, SetDefaultBranchRequest,
+    UpdateReferencesRequest,
 };
 use gitcluster_router::replica_path::ReplicaPath;
 use support::{
@@ -190,6 +193,112 @@ async fn update_references_bumps_the_primary_and_publishes_one_job_per_other_rep
         .await
         .expect("second write");
     assert_eq!(record(&cluster, "w.git").await.expect("record").3, 2);
+}
+
+/// Uncompressed unary and server-streaming reads take the router's fast path (raw
+/// HTTP/2 relay); the same requests gzip-compressed take the general path (tonic's
+/// codec). Both must give identical answers, errors included, and both are counted.
+#[tokio::test]
+async fn fast_and_general_read_paths_give_the_same_answers() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "f.git").await;
+    let (_, replica_path, primary, _) = record(&cluster, "f.git").await.expect("record");
+    let primary_index = STORAGES
+        .iter()
+        .position(|s| *s == primary)
+        .expect("primary");
+    let oid = seed_commit(&replica_dir(&cluster, primary_index, &replica_path));
+    router
+        .ref_client()
+        .await
+        .update_references(UpdateReferencesRequest {
+            repository: Some(repo("f.git")),
+            updates: vec![Update {
+                reference: "refs/heads/main".into(),
+                old_oid: String::new(),
+                new_oid: oid.clone(),
+            }],
+        })
+        .await
+        .expect("write");
+
+    let token = BearerToken::new(Some(&router.external_token)).expect("token");
+    let objects = ObjectServiceClient::with_interceptor(router.channel().await, token.clone());
+    let gzip = tonic::codec::CompressionEncoding::Gzip;
+    let mut answers = Vec::new();
+    for mut refs in [
+        router.ref_client().await,
+        router.ref_client().await.send_compressed(gzip),
+    ] {
+        let mut objects = objects.clone();
+        if answers.len() == 1 {
+            objects = objects.send_compressed(gzip);
+        }
+        let mut stream = refs
+            .list_refs(ListRefsRequest {
+                repository: Some(repo("f.git")),
+                patterns: vec![],
+                head: true,
+            })
+            .await
+            .expect("list refs")
+            .into_inner();
+        let mut listed = Vec::new();
+        while let Some(message) = stream.message().await.expect("ref stream") {
+            listed.push(format!("{message:?}"));
+        }
+        let commit = objects
+            .find_commit(FindCommitRequest {
+                repository: Some(repo("f.git")),
+                revision: "main".into(),
+            })
+            .await
+            .expect("find commit")
+            .into_inner();
+        assert_eq!(commit.id, oid);
+        let missing = objects
+            .find_commit(FindCommitRequest {
+                repository: Some(repo("f.git")),
+                revision: "no-such-revision".into(),
+            })
+            .await
+            .expect_err("unknown revision");
+        answers.push((
+            listed,
+            format!("{commit:?}"),
+            missing.code(),
+            missing.message().to_owned(),
+        ));
+    }
+    assert!(
+        answers[0].0.iter().any(|r| r.contains(&oid)),
+        "{:?}",
+        answers[0]
+    );
+    assert_eq!(answers[0], answers[1], "fast path vs general path");
+
+    let metrics = router.metrics().await;
+    let count = |method: &str, code: &str| {
+        metric_sum(
+            &metrics,
+            "gitcluster_router_requests_total",
+            &[("method", method), ("code", code)],
+        )
+    };
+    let missing_code = format!("{:?}", answers[0].2);
+    assert_eq!(
+        count("/gitcluster.v1.RefService/ListRefs", "Ok"),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(count("/gitcluster.v1.ObjectService/FindCommit", "Ok"), 2.0);
+    assert_eq!(
+        count("/gitcluster.v1.ObjectService/FindCommit", &missing_code),
+        2.0
+    );
+    // Every read went to the only up-to-date replica, the primary.
+    assert_eq!(reads_on(&metrics, &primary), 6.0);
 }
 
 async fn read(

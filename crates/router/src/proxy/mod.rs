@@ -16,8 +16,10 @@
 //! Repository lifecycle RPCs (create, remove, rename, exists) and `ListRepositories`
 //! are answered from, or recorded in, the metadata (see `intercepted`).
 
+mod fast;
 mod forward;
 mod intercepted;
+mod lane;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -39,6 +41,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, warn};
 
 pub use forward::{Counted, ReplyStream};
+pub use lane::Lane;
 
 use crate::codec::BytesCodec;
 use crate::db::{self, JobContext};
@@ -109,15 +112,27 @@ impl Call {
         replica_path: &str,
         additional: Option<&str>,
     ) -> Result<Bytes, Status> {
-        let mut message = self.message.clone();
-        if let Some(path) = &self.info.target_repository {
-            set_repository(&mut message, path, storage, replica_path)?;
-        }
-        if let (Some(path), Some(replica)) = (&self.info.additional_repository, additional) {
-            set_repository(&mut message, path, storage, replica)?;
-        }
-        Ok(Bytes::from(message.encode_to_vec()))
+        rewrite(&self.message, self.info, storage, replica_path, additional)
     }
+}
+
+/// `message` with its target repository pointed at `replica_path` on `storage`, and
+/// its additional repository (if any) at `additional`, encoded.
+fn rewrite(
+    message: &DynamicMessage,
+    info: &MethodInfo,
+    storage: &str,
+    replica_path: &str,
+    additional: Option<&str>,
+) -> Result<Bytes, Status> {
+    let mut message = message.clone();
+    if let Some(path) = &info.target_repository {
+        set_repository(&mut message, path, storage, replica_path)?;
+    }
+    if let (Some(path), Some(replica)) = (&info.additional_repository, additional) {
+        set_repository(&mut message, path, storage, replica)?;
+    }
+    Ok(Bytes::from(message.encode_to_vec()))
 }
 
 /// Reads the `Repository` at `path`, if set: `(storage_name, relative_path)`.
@@ -312,28 +327,7 @@ impl Coordinator {
         meta: &RepositoryMetadata,
         additional: Option<String>,
     ) -> Result<Response<ReplyStream>, Status> {
-        let primary_only = call.path == repository_method("RepositorySize")
-            || call
-                .metadata
-                .get(ACCESSOR_POLICY_HEADER)
-                .and_then(|v| v.to_str().ok())
-                == Some("primary-only");
-        let mut candidates: Vec<String> = if primary_only {
-            vec![self.healthy_primary(vs, meta)?.to_owned()]
-        } else {
-            meta.replicas
-                .keys()
-                .filter(|s| {
-                    meta.is_up_to_date(s)
-                        && vs.storages.contains_key(*s)
-                        && self.health.is_healthy(&vs.name, s)
-                })
-                .cloned()
-                .collect()
-        };
-        if candidates.is_empty() {
-            return Err(Status::unavailable("no healthy up-to-date replica"));
-        }
+        let mut candidates = self.read_candidates(&call.path, call.metadata.as_ref(), vs, meta)?;
         candidates.shuffle(&mut rand::rng());
         // A read is replayed on another replica only while the failed one has answered
         // nothing and has not taken the client's remaining messages (a refused
@@ -342,9 +336,7 @@ impl Coordinator {
         let mut last = Status::unavailable("no healthy up-to-date replica");
         for storage_name in candidates.iter().take(2) {
             let storage = &vs.storages[storage_name];
-            metrics::counter!(READ_DISTRIBUTION_METRIC,
-                "virtual_storage" => vs.name.clone(), "storage" => storage_name.clone())
-            .increment(1);
+            storage.reads.increment(1);
             let body = call.rewritten(storage_name, &meta.replica_path, additional.as_deref())?;
             let abort = CancellationToken::new();
             let request = forward::outbound(body, rest.clone(), abort.clone());
@@ -363,6 +355,40 @@ impl Coordinator {
             }
         }
         Err(last)
+    }
+
+    /// The storages a read of `meta` may go to: the primary alone for `RepositorySize`
+    /// or when the caller asks `primary-only`, otherwise every healthy, up-to-date
+    /// replica. Unavailable when there is none.
+    fn read_candidates(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        vs: &VirtualStorage,
+        meta: &RepositoryMetadata,
+    ) -> Result<Vec<String>, Status> {
+        let primary_only = path == repository_method("RepositorySize")
+            || headers
+                .get(ACCESSOR_POLICY_HEADER)
+                .and_then(|v| v.to_str().ok())
+                == Some("primary-only");
+        let candidates: Vec<String> = if primary_only {
+            vec![self.healthy_primary(vs, meta)?.to_owned()]
+        } else {
+            meta.replicas
+                .keys()
+                .filter(|s| {
+                    meta.is_up_to_date(s)
+                        && vs.storages.contains_key(*s)
+                        && self.health.is_healthy(&vs.name, s)
+                })
+                .cloned()
+                .collect()
+        };
+        if candidates.is_empty() {
+            return Err(Status::unavailable("no healthy up-to-date replica"));
+        }
+        Ok(candidates)
     }
 
     /// A read of a repository that does not exist yet, by a caller that asked for an
@@ -551,6 +577,10 @@ impl tower::Service<http::Request<axum::body::Body>> for Proxy {
     fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
         let coordinator = self.0.clone();
         Box::pin(async move {
+            let req = match coordinator.fast_read(req).await {
+                Ok(reply) => return Ok(reply),
+                Err(declined) => declined,
+            };
             let path = req.uri().path().to_owned();
             let mut grpc = tonic::server::Grpc::new(BytesCodec)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
