@@ -124,31 +124,44 @@ async fn storage_bench() -> Result<serde_json::Value> {
     }))
 }
 
-/// Sequential latencies of one small unary RPC (`RepositorySize` on a tiny repository).
-async fn unary_latencies(
+/// One side of the unary comparison: where to call and as whom.
+struct UnaryTarget {
     channel: tonic::transport::Channel,
     auth: gitcluster_proto::auth::BearerToken,
     repository: gitcluster_proto::v1::Repository,
-    calls: usize,
-) -> Result<Vec<Duration>> {
-    let mut client = RepositoryServiceClient::with_interceptor(channel, auth);
-    let req = || RepositorySizeRequest {
-        repository: Some(repository.clone()),
-    };
-    for _ in 0..50 {
-        client.repository_size(req()).await?; // warm-up: connections, caches
+}
+
+/// Sequential latencies of one small unary RPC (`RepositorySize` on a tiny
+/// repository) on each target, sorted. The calls alternate between the targets, so
+/// both samples see the same machine conditions (on a shared 2-vCPU VM, latency drifts
+/// by more than the difference measured when the two run one after the other).
+async fn unary_latencies(targets: [UnaryTarget; 2], calls: usize) -> Result<[Vec<Duration>; 2]> {
+    let mut clients = targets.map(|t| {
+        (
+            RepositoryServiceClient::with_interceptor(t.channel, t.auth),
+            t.repository,
+        )
+    });
+    let mut out = [Vec::with_capacity(calls), Vec::with_capacity(calls)];
+    for i in 0..calls + 50 {
+        for (side, (client, repository)) in clients.iter_mut().enumerate() {
+            let request = RepositorySizeRequest {
+                repository: Some(repository.clone()),
+            };
+            let start = Instant::now();
+            client.repository_size(request).await?;
+            // The first 50 rounds warm connections and caches.
+            if i >= 50 {
+                out[side].push(start.elapsed());
+            }
+        }
     }
-    let mut out = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let start = Instant::now();
-        client.repository_size(req()).await?;
-        out.push(start.elapsed());
+    for v in &mut out {
+        v.sort();
     }
-    out.sort();
     Ok(out)
 }
 
-/// `(repository_id, replica_path)` of a repository, by relative path.
 async fn repository_row(db: &tokio_postgres::Client, path: &str) -> Result<(i64, String)> {
     let row = db
         .query_one(
@@ -204,17 +217,19 @@ async fn router_bench() -> Result<serde_json::Value> {
         .position(|s| s.storage == primary)
         .context("primary node")?;
     let calls = 2000;
-    let direct = unary_latencies(
-        cluster.channel(primary_idx).await,
-        cluster.auth(),
-        cluster.repository(primary_idx, &small_replica),
-        calls,
-    )
-    .await?;
-    let routed = unary_latencies(
-        cluster.router_channel(0).await,
-        cluster.external_auth(),
-        cluster.virtual_repository("bench/small.git"),
+    let [direct, routed] = unary_latencies(
+        [
+            UnaryTarget {
+                channel: cluster.channel(primary_idx).await,
+                auth: cluster.auth(),
+                repository: cluster.repository(primary_idx, &small_replica),
+            },
+            UnaryTarget {
+                channel: cluster.router_channel(0).await,
+                auth: cluster.external_auth(),
+                repository: cluster.virtual_repository("bench/small.git"),
+            },
+        ],
         calls,
     )
     .await?;
