@@ -423,6 +423,40 @@ async fn reads_survive_a_killed_replica() {
     }
 }
 
+/// The read lane holds one HTTP/2 connection per storage: after the node restarts,
+/// that connection is dead, and reads must reach the node again on a fresh one.
+#[tokio::test]
+async fn reads_reach_a_restarted_replica_again() {
+    let mut cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "rr.git").await;
+    let (_, _, primary, _) = record(&cluster, "rr.git").await.expect("record");
+    let index = STORAGES
+        .iter()
+        .position(|s| *s == primary)
+        .expect("primary");
+    for _ in 0..5 {
+        read(&router, "rr.git", true)
+            .await
+            .expect("read before restart");
+    }
+    cluster.storages[index].member.restart().await;
+    // A health probe may have seen the node down; once it is back, reads must flow.
+    eventually!("primary-only read after restart", {
+        read(&router, "rr.git", true)
+            .await
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+    });
+    let before = reads_on(&router.metrics().await, &primary);
+    for i in 0..10 {
+        read(&router, "rr.git", true)
+            .await
+            .unwrap_or_else(|e| panic!("read {i} after restart: {e:?}"));
+    }
+    assert_eq!(reads_on(&router.metrics().await, &primary), before + 10.0);
+}
+
 #[tokio::test]
 async fn concurrent_creates_of_one_path_leave_one_repository() {
     let cluster = cluster().await;
