@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use gitcluster_integration_tests::bus::queue_depth;
-use gitcluster_integration_tests::{eventually, metric_sum};
+use gitcluster_integration_tests::{Cluster, eventually, metric_sum};
 use gitcluster_proto::auth::BearerToken;
 use gitcluster_proto::jobs::BusNames;
 use gitcluster_proto::v1::object_service_client::ObjectServiceClient;
@@ -25,6 +25,49 @@ use support::{
 use tonic::Code;
 
 const STORAGES: [&str; 3] = ["gitaly-1", "gitaly-2", "gitaly-3"];
+
+/// A repository created through the router whose `main` was then set through it.
+struct Seeded {
+    id: i64,
+    replica_path: String,
+    primary: String,
+    primary_index: usize,
+    /// The commit `main` points at.
+    oid: String,
+}
+
+/// Creates `path`, writes a root commit into the primary's replica and points
+/// `refs/heads/main` at it with UpdateReferences through the router (one write: the
+/// primary goes to generation 1, the others stay at 0 until replicated).
+async fn create_with_main(cluster: &Cluster, router: &TestRouter, path: &str) -> Seeded {
+    create(router, path).await;
+    let (id, replica_path, primary, _) = record(cluster, path).await.expect("record");
+    let primary_index = STORAGES
+        .iter()
+        .position(|s| *s == primary)
+        .expect("primary");
+    let oid = seed_commit(&replica_dir(cluster, primary_index, &replica_path));
+    router
+        .ref_client()
+        .await
+        .update_references(UpdateReferencesRequest {
+            repository: Some(repo(path)),
+            updates: vec![Update {
+                reference: "refs/heads/main".into(),
+                old_oid: String::new(),
+                new_oid: oid.clone(),
+            }],
+        })
+        .await
+        .expect("update references through the router");
+    Seeded {
+        id,
+        replica_path,
+        primary,
+        primary_index,
+        oid,
+    }
+}
 
 #[tokio::test]
 async fn create_makes_three_replicas_at_generation_zero_on_the_derived_path() {
@@ -101,27 +144,13 @@ async fn create_makes_three_replicas_at_generation_zero_on_the_derived_path() {
 async fn update_references_bumps_the_primary_and_publishes_one_job_per_other_replica() {
     let cluster = cluster().await;
     let router = TestRouter::start(&cluster, Options::default()).await;
-    create(&router, "w.git").await;
-    let (id, replica_path, primary, _) = record(&cluster, "w.git").await.expect("record");
-    let primary_index = STORAGES
-        .iter()
-        .position(|s| *s == primary)
-        .expect("primary");
-    let oid = seed_commit(&replica_dir(&cluster, primary_index, &replica_path));
-
-    router
-        .ref_client()
-        .await
-        .update_references(UpdateReferencesRequest {
-            repository: Some(repo("w.git")),
-            updates: vec![Update {
-                reference: "refs/heads/main".into(),
-                old_oid: String::new(),
-                new_oid: oid.clone(),
-            }],
-        })
-        .await
-        .expect("update references through the router");
+    let Seeded {
+        id,
+        replica_path,
+        primary,
+        primary_index,
+        oid,
+    } = create_with_main(&cluster, &router, "w.git").await;
 
     // The ref landed on the primary's replica.
     let refs = gitcluster_integration_tests::git::refs(&replica_dir(
@@ -202,26 +231,7 @@ async fn update_references_bumps_the_primary_and_publishes_one_job_per_other_rep
 async fn fast_and_general_read_paths_give_the_same_answers() {
     let cluster = cluster().await;
     let router = TestRouter::start(&cluster, Options::default()).await;
-    create(&router, "f.git").await;
-    let (_, replica_path, primary, _) = record(&cluster, "f.git").await.expect("record");
-    let primary_index = STORAGES
-        .iter()
-        .position(|s| *s == primary)
-        .expect("primary");
-    let oid = seed_commit(&replica_dir(&cluster, primary_index, &replica_path));
-    router
-        .ref_client()
-        .await
-        .update_references(UpdateReferencesRequest {
-            repository: Some(repo("f.git")),
-            updates: vec![Update {
-                reference: "refs/heads/main".into(),
-                old_oid: String::new(),
-                new_oid: oid.clone(),
-            }],
-        })
-        .await
-        .expect("write");
+    let Seeded { primary, oid, .. } = create_with_main(&cluster, &router, "f.git").await;
 
     let token = BearerToken::new(Some(&router.external_token)).expect("token");
     let objects = ObjectServiceClient::with_interceptor(router.channel().await, token.clone());
