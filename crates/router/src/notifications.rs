@@ -19,6 +19,9 @@ use crate::topology::TopologyHandle;
 
 /// Channel carrying `{table, repository_id}` for every metadata change.
 pub const METADATA_CHANNEL: &str = "gitcluster_metadata";
+/// `application_name` of the LISTEN connection, unless the database URL sets one.
+pub const LISTENER_APPLICATION_NAME: &str = "gitcluster-router-listener";
+
 /// Channel notified when storages or virtual storages change.
 pub const TOPOLOGY_CHANNEL: &str = "gitcluster_topology";
 
@@ -64,6 +67,10 @@ async fn session(
     let mut config: tokio_postgres::Config = url.parse()?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
+    }
+    // So operators (and tests) can find this connection in pg_stat_activity.
+    if config.get_application_name().is_none() {
+        config.application_name(LISTENER_APPLICATION_NAME);
     }
     let (client, mut connection) = config.connect(NoTls).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();

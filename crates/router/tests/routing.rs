@@ -371,6 +371,68 @@ async fn reads_spread_over_up_to_date_replicas_and_never_reach_an_outdated_one()
     );
 }
 
+/// NOTIFY is only a hint: a change the router never heard of (triggers off for the
+/// writing session) is picked up once its LISTEN connection is lost and re-made,
+/// because every reconnect clears the metadata cache.
+#[tokio::test]
+async fn a_lost_listen_connection_rebuilds_the_cache_from_the_tables() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "l.git").await;
+    read(&router, "l.git", false)
+        .await
+        .expect("read fills the cache");
+    let (id, _, _, _) = record(&cluster, "l.git").await.expect("record");
+    let client = db(&cluster).await;
+    // gitaly-2 falls behind without any notification reaching the router.
+    client
+        .batch_execute(&format!(
+            "SET session_replication_role = replica; BEGIN; \
+             UPDATE repositories SET generation = 1 WHERE repository_id = {id}; \
+             UPDATE storage_repositories SET generation = 1 \
+             WHERE repository_id = {id} AND storage <> 'gitaly-2'; COMMIT; \
+             SET session_replication_role = DEFAULT;"
+        ))
+        .await
+        .expect("silent change");
+    // The stale cache still sends reads to gitaly-2 (30 uniform reads over three
+    // replicas miss one of them with probability (2/3)^30, about 5e-6).
+    let before = reads_on(&router.metrics().await, "gitaly-2");
+    for _ in 0..30 {
+        read(&router, "l.git", false).await.expect("read");
+    }
+    assert!(
+        reads_on(&router.metrics().await, "gitaly-2") > before,
+        "the change was not silent: the router already avoids gitaly-2"
+    );
+
+    let killed: Vec<bool> = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND datname = current_database()",
+            &[&gitcluster_router::notifications::LISTENER_APPLICATION_NAME],
+        )
+        .await
+        .expect("terminate the listener")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(killed, vec![true], "exactly one LISTEN connection");
+    eventually!("reads avoid the outdated replica after the reconnect", {
+        let before = reads_on(&router.metrics().await, "gitaly-2");
+        for _ in 0..30 {
+            read(&router, "l.git", false).await?;
+        }
+        let after = reads_on(&router.metrics().await, "gitaly-2");
+        anyhow::ensure!(
+            after == before,
+            "gitaly-2 still served {} reads",
+            after - before
+        );
+        Ok(())
+    });
+}
+
 #[tokio::test]
 async fn primary_only_header_and_repository_size_go_to_the_primary() {
     let cluster = cluster().await;
