@@ -12,7 +12,7 @@ mod smart_http;
 pub mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use gitcluster_proto::admin::{self, Readiness};
@@ -150,18 +150,12 @@ pub async fn serve(
     result
 }
 
-/// The process-wide Prometheus handle. Installed once; a second gateway in the same
-/// process (tests) shares it, and if another recorder was installed first the admin
-/// port serves an empty exposition instead of failing.
+/// The process-wide Prometheus handle (shared by every gateway in one process); if a
+/// different recorder was installed first, the admin port serves an empty exposition
+/// instead of failing.
 fn prometheus() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    Ok(HANDLE
-        .get_or_init(|| match admin::install_metrics() {
-            Ok(handle) => handle,
-            Err(e) => {
-                warn!(error = %e, "metrics recorder already installed, gateway metrics not exported");
-                PrometheusBuilder::new().build_recorder().handle()
-            }
-        })
-        .clone())
+    Ok(admin::install_metrics().unwrap_or_else(|e| {
+        warn!(error = %format!("{e:#}"), "gateway metrics not exported");
+        PrometheusBuilder::new().build_recorder().handle()
+    }))
 }

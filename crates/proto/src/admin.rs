@@ -1,10 +1,11 @@
 //! The admin HTTP port every service exposes: `/metrics` (Prometheus text) and
 //! `/healthz` (200 while the service is serving, 503 while starting or draining).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -28,10 +29,19 @@ impl Readiness {
     }
 }
 
-/// Installs the process-wide Prometheus recorder and a task that keeps histogram
-/// buckets bounded. Call once per process, inside the runtime.
+/// The process-wide Prometheus recorder's handle. The first call installs the
+/// recorder and a task that keeps histogram buckets bounded (so call it inside the
+/// runtime); later calls return the same handle, so several services may run in one
+/// process (tests). Fails only when a different recorder was installed first.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new().install_recorder()?;
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut installed = HANDLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("install metrics recorder")?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -40,6 +50,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             upkeep.run_upkeep();
         }
     });
+    *installed = Some(handle.clone());
     Ok(handle)
 }
 

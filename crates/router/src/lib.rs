@@ -23,14 +23,13 @@ pub mod proxy;
 pub mod replica_path;
 pub mod topology;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use gitcluster_proto::admin::{self, Readiness};
 use gitcluster_proto::auth::TokenAuth;
 use gitcluster_proto::jobs::BusNames;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -48,21 +47,6 @@ const SERVICE: &str = "gitcluster-router";
 
 /// How long in-flight calls may take to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The process-wide Prometheus handle; installed on first use (tests may run several
-/// routers in one process, and a recorder can be installed only once).
-fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
-    let mut guard = HANDLE
-        .lock()
-        .map_err(|_| anyhow::anyhow!("metrics handle lock poisoned"))?;
-    if let Some(h) = guard.as_ref() {
-        return Ok(h.clone());
-    }
-    let h = admin::install_metrics().context("install metrics recorder")?;
-    *guard = Some(h.clone());
-    Ok(h)
-}
 
 /// Runs the router until `shutdown` fires. Fails with a
 /// [`gitcluster_migrations::SchemaError`] when the database is unreachable or its
@@ -82,7 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let ready = Readiness::default();
     let mut admin = tokio::spawn(admin::serve(
         metrics,
-        metrics_handle()?,
+        admin::install_metrics()?,
         ready.clone(),
         shutdown.clone(),
     ));

@@ -20,7 +20,7 @@ mod stream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use gitcluster_proto::auth::TokenAuth;
@@ -30,7 +30,6 @@ use gitcluster_proto::v1::ref_service_server::RefServiceServer;
 use gitcluster_proto::v1::repository_service_server::RepositoryServiceServer;
 use gitcluster_proto::v1::smart_http_service_server::SmartHttpServiceServer;
 use gitcluster_proto::{MAX_MESSAGE_BYTES, admin};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
@@ -95,21 +94,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     serve(config, listeners, shutdown).await
 }
 
-/// The process-wide Prometheus handle; installed on first use (tests run several
-/// nodes in one process, and a recorder can be installed only once).
-fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
-    let mut guard = HANDLE
-        .lock()
-        .map_err(|_| anyhow::anyhow!("metrics handle lock poisoned"))?;
-    if let Some(h) = guard.as_ref() {
-        return Ok(h.clone());
-    }
-    let h = admin::install_metrics().context("install metrics recorder")?;
-    *guard = Some(h.clone());
-    Ok(h)
-}
-
 /// Serves on already-bound listeners until `shutdown` fires, then drains in-flight
 /// requests for at most `config.graceful_timeout`.
 pub async fn serve(
@@ -141,7 +125,7 @@ pub async fn serve(
     let readiness = admin::Readiness::default();
     let admin_task = tokio::spawn(admin::serve(
         listeners.admin,
-        metrics_handle()?,
+        admin::install_metrics()?,
         readiness.clone(),
         shutdown.clone(),
     ));
