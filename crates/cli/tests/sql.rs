@@ -2,35 +2,12 @@
 
 #![allow(clippy::disallowed_methods)] // tests block their own thread on the child process
 
-use std::process::{Command, Output};
+use std::process::Command;
 
+mod common;
+
+use common::{gitcluster, ok, stderr};
 use gitcluster_integration_tests::TestDb;
-
-fn gitcluster(db_url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gitcluster"))
-        .args(args)
-        .env("DATABASE_URL", db_url)
-        .output()
-        .expect("run gitcluster")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(db_url: &str, args: &[&str]) -> String {
-    let out = gitcluster(db_url, args);
-    assert!(
-        out.status.success(),
-        "gitcluster {args:?} failed: {}",
-        stderr(&out)
-    );
-    stdout(&out)
-}
 
 async fn table_exists(db: &TestDb, table: &str) -> bool {
     db.client()
