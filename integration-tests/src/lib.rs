@@ -704,6 +704,22 @@ impl Cluster {
         gitcluster_proto::auth::BearerToken::new(Some(&self.token)).expect("ascii token")
     }
 
+    /// A RepositoryService client for storage node `i`, presenting the internal token.
+    pub async fn repository_client(
+        &self,
+        i: usize,
+    ) -> gitcluster_proto::v1::repository_service_client::RepositoryServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            gitcluster_proto::auth::BearerToken,
+        >,
+    > {
+        gitcluster_proto::v1::repository_service_client::RepositoryServiceClient::with_interceptor(
+            self.channel(i).await,
+            self.auth(),
+        )
+    }
+
     /// Declares that log lines containing `needle` at ERROR level are expected.
     pub fn expect_error(&mut self, needle: &str) {
         self.expected_errors.push(needle.to_owned());

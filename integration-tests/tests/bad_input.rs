@@ -25,8 +25,7 @@ fn repo(storage: &str, path: &str) -> Option<Repository> {
 async fn bad_grpc_requests_get_precise_status_codes() {
     let cluster = Cluster::builder().storages(1).start().await;
     let storage = cluster.storages[0].storage.clone();
-    let mut client =
-        RepositoryServiceClient::with_interceptor(cluster.channel(0).await, cluster.auth());
+    let mut client = cluster.repository_client(0).await;
     let size = |r| RepositorySizeRequest { repository: r };
 
     let cases = [
@@ -412,8 +411,7 @@ async fn client_disconnecting_mid_push_leaves_no_partial_repository() {
         Ok(())
     });
     // ...and nothing of them is visible: refs unchanged, no new objects, no new repository.
-    let client =
-        RepositoryServiceClient::with_interceptor(cluster.channel(0).await, cluster.auth());
+    let client = cluster.repository_client(0).await;
     eventually!("aborted push-to-create leaves no repository", {
         let exists = client
             .clone()

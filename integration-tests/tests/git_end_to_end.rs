@@ -17,7 +17,7 @@ type RepoClient = RepositoryServiceClient<
 >;
 
 async fn repo_client(cluster: &Cluster, node: usize) -> RepoClient {
-    RepositoryServiceClient::with_interceptor(cluster.channel(node).await, cluster.auth())
+    cluster.repository_client(node).await
 }
 
 async fn checksum(cluster: &Cluster, node: usize, path: &str) -> String {

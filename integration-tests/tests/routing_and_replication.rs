@@ -44,8 +44,7 @@ async fn node_checksum(
     node: usize,
     replica_path: &str,
 ) -> anyhow::Result<String> {
-    let mut c =
-        RepositoryServiceClient::with_interceptor(cluster.channel(node).await, cluster.auth());
+    let mut c = cluster.repository_client(node).await;
     Ok(c.calculate_checksum(CalculateChecksumRequest {
         repository: Some(cluster.repository(node, replica_path)),
     })

@@ -20,7 +20,6 @@ use gitcluster_proto::bus::lapin::types::FieldTable;
 use gitcluster_proto::bus::lapin::{BasicProperties, Channel, Connection};
 use gitcluster_proto::bus::{self, Destination, Envelope, Publisher};
 use gitcluster_proto::jobs::{BusNames, Change, ERROR_HEADER, ReplicationJob};
-use gitcluster_proto::v1::repository_service_client::RepositoryServiceClient;
 use gitcluster_proto::v1::{CalculateChecksumRequest, RepositoryExistsRequest};
 
 const VS: &str = "default";
@@ -330,8 +329,7 @@ async fn job_row(
 }
 
 async fn checksum(cluster: &Cluster, i: usize) -> String {
-    let mut client =
-        RepositoryServiceClient::with_interceptor(cluster.channel(i).await, cluster.auth());
+    let mut client = cluster.repository_client(i).await;
     client
         .calculate_checksum(CalculateChecksumRequest {
             repository: Some(cluster.repository(i, PATH)),
@@ -343,8 +341,7 @@ async fn checksum(cluster: &Cluster, i: usize) -> String {
 }
 
 async fn exists(cluster: &Cluster, i: usize) -> bool {
-    let mut client =
-        RepositoryServiceClient::with_interceptor(cluster.channel(i).await, cluster.auth());
+    let mut client = cluster.repository_client(i).await;
     client
         .repository_exists(RepositoryExistsRequest {
             repository: Some(cluster.repository(i, PATH)),

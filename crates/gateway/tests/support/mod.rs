@@ -14,7 +14,6 @@ use std::time::Duration;
 use gitcluster_gateway::{Config, Listeners};
 use gitcluster_integration_tests::{Cluster, git, http_get, metric_sum};
 use gitcluster_proto::v1::CreateRepositoryRequest;
-use gitcluster_proto::v1::repository_service_client::RepositoryServiceClient;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -239,7 +238,9 @@ pub fn push_main(cluster: &Cluster, work: &Path, relative_path: &str) {
 
 /// Creates an empty repository on storage node 1 over gRPC.
 pub async fn create_repository(cluster: &Cluster, relative_path: &str) {
-    RepositoryServiceClient::with_interceptor(cluster.channel(0).await, cluster.auth())
+    cluster
+        .repository_client(0)
+        .await
         .create_repository(CreateRepositoryRequest {
             repository: Some(cluster.repository(0, relative_path)),
             ..Default::default()
