@@ -27,6 +27,7 @@ use rand::seq::SliceRandom as _;
 use tonic::Status;
 use tracing::warn;
 
+use super::forward::CallCount;
 use super::lane::LaneBody;
 use super::{
     Coordinator, INTERNAL_SERVICE, count_request, repository_at, rewrite, virtual_storage,
@@ -175,7 +176,7 @@ fn counted(response: http::Response<LaneBody>, path: &str) -> Reply {
     }
     let body = CountedBody {
         inner: body,
-        method: Some(path.to_owned()),
+        count: CallCount::new(path.to_owned()),
     };
     http::Response::from_parts(parts, tonic::body::Body::new(body))
 }
@@ -184,16 +185,7 @@ fn counted(response: http::Response<LaneBody>, path: &str) -> Reply {
 /// the stream ends without one and `Cancelled` when dropped before its end.
 struct CountedBody {
     inner: LaneBody,
-    /// `None` once recorded.
-    method: Option<String>,
-}
-
-impl CountedBody {
-    fn record(&mut self, code: tonic::Code) {
-        if let Some(method) = self.method.take() {
-            count_request(&method, code);
-        }
-    }
+    count: CallCount,
 }
 
 impl Body for CountedBody {
@@ -210,20 +202,14 @@ impl Body for CountedBody {
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = Status::from_header_map(trailers)
                         .map_or(tonic::Code::Unknown, |s| s.code());
-                    self.record(code);
+                    self.count.record(code);
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.record(tonic::Code::Unavailable),
-            Poll::Ready(None) => self.record(tonic::Code::Unknown),
+            Poll::Ready(Some(Err(_))) => self.count.record(tonic::Code::Unavailable),
+            Poll::Ready(None) => self.count.record(tonic::Code::Unknown),
             Poll::Pending => {}
         }
         next
-    }
-}
-
-impl Drop for CountedBody {
-    fn drop(&mut self) {
-        self.record(tonic::Code::Cancelled);
     }
 }
 

@@ -255,12 +255,40 @@ impl Stream for Relay {
     }
 }
 
+/// One call's entry in `gitcluster_router_requests_total`: recorded once, with the
+/// first code given, or as `Cancelled` if dropped before any.
+pub(crate) struct CallCount {
+    /// `None` once recorded.
+    method: Option<String>,
+}
+
+impl CallCount {
+    /// A pending count for a call of `method`.
+    pub(crate) fn new(method: String) -> Self {
+        CallCount {
+            method: Some(method),
+        }
+    }
+
+    /// Records `code` unless a code was already recorded.
+    pub(crate) fn record(&mut self, code: tonic::Code) {
+        if let Some(method) = self.method.take() {
+            crate::proxy::count_request(&method, code);
+        }
+    }
+}
+
+impl Drop for CallCount {
+    fn drop(&mut self) {
+        self.record(tonic::Code::Cancelled);
+    }
+}
+
 /// Wraps a reply to count it in `gitcluster_router_requests_total` when it ends
 /// (with its final code) or is dropped early (as `Cancelled`).
 pub struct Counted {
     inner: ReplyStream,
-    method: String,
-    recorded: bool,
+    count: CallCount,
 }
 
 impl Counted {
@@ -268,15 +296,7 @@ impl Counted {
     pub fn new(inner: ReplyStream, method: String) -> Self {
         Counted {
             inner,
-            method,
-            recorded: false,
-        }
-    }
-
-    fn record(&mut self, code: tonic::Code) {
-        if !self.recorded {
-            self.recorded = true;
-            crate::proxy::count_request(&self.method, code);
+            count: CallCount::new(method),
         }
     }
 }
@@ -287,16 +307,10 @@ impl Stream for Counted {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let next = self.inner.as_mut().poll_next(cx);
         match &next {
-            Poll::Ready(None) => self.record(tonic::Code::Ok),
-            Poll::Ready(Some(Err(status))) => self.record(status.code()),
+            Poll::Ready(None) => self.count.record(tonic::Code::Ok),
+            Poll::Ready(Some(Err(status))) => self.count.record(status.code()),
             _ => {}
         }
         next
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.record(tonic::Code::Cancelled);
     }
 }
