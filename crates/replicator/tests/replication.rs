@@ -37,6 +37,24 @@ struct Replicator {
     metrics: std::net::SocketAddr,
 }
 
+/// Retry tiers of the test replicators, in milliseconds.
+const DELAYS: [u64; 2] = [100, 200];
+
+/// A fresh bus (tiers [`DELAYS`]) and a replicator for `cluster` on it.
+async fn replicator_for(cluster: &Cluster, extra: &[&str]) -> (Bus, Replicator) {
+    let bus = Bus::new(&DELAYS).await;
+    let replicator = Replicator::start(
+        &cluster.db.as_ref().expect("database").url,
+        &bus.prefix(),
+        &cluster.token,
+        cluster.dir(),
+        &DELAYS,
+        extra,
+    )
+    .await;
+    (bus, replicator)
+}
+
 impl Replicator {
     async fn start(
         db_url: &str,
@@ -355,17 +373,7 @@ async fn exists(cluster: &Cluster, i: usize) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_job_mirrors_target_at_source_generation_and_a_duplicate_is_harmless() {
     let (cluster, db) = cluster_with_repository(3).await;
-    let delays = [100, 200];
-    let bus = Bus::new(&delays).await;
-    let mut replicator = Replicator::start(
-        &cluster.db.as_ref().unwrap().url,
-        &bus.prefix(),
-        &cluster.token,
-        cluster.dir(),
-        &delays,
-        &[],
-    )
-    .await;
+    let (bus, mut replicator) = replicator_for(&cluster, &[]).await;
 
     // Another worker (here: the test) holds the (repository, target) pair: the job
     // waits in the retry tier without using up attempts.
@@ -419,17 +427,7 @@ async fn update_job_mirrors_target_at_source_generation_and_a_duplicate_is_harml
 async fn target_ahead_of_source_is_skipped_never_lowered_and_poison_is_dead_lettered() {
     let (cluster, db) = cluster_with_repository(1).await;
     set_generation(&db, "gitaly-2", 5).await;
-    let delays = [100, 200];
-    let bus = Bus::new(&delays).await;
-    let mut replicator = Replicator::start(
-        &cluster.db.as_ref().unwrap().url,
-        &bus.prefix(),
-        &cluster.token,
-        cluster.dir(),
-        &delays,
-        &[],
-    )
-    .await;
+    let (bus, mut replicator) = replicator_for(&cluster, &[]).await;
 
     let job = insert_job(&db).await;
     bus.publish(&job).await;
@@ -482,17 +480,8 @@ async fn target_ahead_of_source_is_skipped_never_lowered_and_poison_is_dead_lett
 async fn unreachable_target_retries_with_growing_delays_then_is_dead_lettered() {
     let (mut cluster, db) = cluster_with_repository(1).await;
     cluster.storages[1].member.kill();
-    let delays = [100, 200];
-    let bus = Bus::new(&delays).await;
-    let mut replicator = Replicator::start(
-        &cluster.db.as_ref().unwrap().url,
-        &bus.prefix(),
-        &cluster.token,
-        cluster.dir(),
-        &delays,
-        &["--max-attempts=3", "--job-timeout-secs=10"],
-    )
-    .await;
+    let (bus, mut replicator) =
+        replicator_for(&cluster, &["--max-attempts=3", "--job-timeout-secs=10"]).await;
 
     let job = insert_job(&db).await;
     let published = Instant::now();
@@ -548,11 +537,10 @@ async fn sigterm_while_idle_exits_zero() {
         )
         .await
         .unwrap();
-    let delays = [100, 200];
-    let bus = Bus::new(&delays).await;
+    let bus = Bus::new(&DELAYS).await;
     let dir = tempfile_dir();
     let mut replicator =
-        Replicator::start(&db.url, &bus.prefix(), "t", dir.as_path(), &delays, &[]).await;
+        Replicator::start(&db.url, &bus.prefix(), "t", dir.as_path(), &DELAYS, &[]).await;
 
     // A storage added to the topology gets a consumer without a restart.
     client
