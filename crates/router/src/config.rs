@@ -10,6 +10,7 @@
 //! | `--bus-prefix` | `GITCLUSTER_BUS_PREFIX` | `gitcluster` |
 //! | `--name` | `GITCLUSTER_ROUTER_NAME` | `<hostname>:<listen>` |
 //! | `--health-interval-ms` | `GITCLUSTER_ROUTER_HEALTH_INTERVAL_MS` | `1000` |
+//! | `--serve-threads` | `GITCLUSTER_ROUTER_SERVE_THREADS` | `0`: one per CPU |
 //! | (env only) | `GITCLUSTER_ROUTER_TOKEN` | unset: clients are not authenticated |
 //! | (env only) | `GITCLUSTER_INTERNAL_TOKEN` | unset: no token sent to storage nodes |
 //! | `--dump-config` | | prints the effective config (secrets redacted) and exits |
@@ -75,6 +76,10 @@ pub struct Config {
         default_value_t = 1000
     )]
     pub health_interval_ms: u64,
+    /// Threads serving client connections, each connection on one of them (see
+    /// `serve`); 0 means one per CPU the process may use.
+    #[arg(long, env = "GITCLUSTER_ROUTER_SERVE_THREADS", default_value_t = 0)]
+    pub serve_threads: usize,
     /// Token clients must present (env `GITCLUSTER_ROUTER_TOKEN` only).
     #[arg(skip = secret(ENV_TOKEN))]
     pub token: Option<String>,
@@ -119,13 +124,21 @@ impl Config {
         Duration::from_millis(self.health_interval_ms)
     }
 
+    /// The number of serving threads: `--serve-threads`, or one per available CPU.
+    pub fn serve_threads(&self) -> usize {
+        match self.serve_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     /// The effective configuration as `key = "value"` lines, secrets redacted.
     pub fn dump(&self) -> String {
         let set = |s: &Option<String>| if s.is_some() { "***" } else { "" };
         format!(
             "listen = \"{}\"\nmetrics_listen = \"{}\"\ndatabase_url = \"{}\"\n\
              amqp_url = \"{}\"\nbus_prefix = \"{}\"\nname = \"{}\"\n\
-             health_interval_ms = {}\ntoken = \"{}\"\ninternal_token = \"{}\"\n",
+             health_interval_ms = {}\nserve_threads = {}\ntoken = \"{}\"\ninternal_token = \"{}\"\n",
             self.listen,
             self.metrics_listen,
             redact_url(&self.database_url),
@@ -133,6 +146,7 @@ impl Config {
             self.bus_prefix,
             self.observer_name(),
             self.health_interval_ms,
+            self.serve_threads(),
             set(&self.token),
             set(&self.internal_token),
         )

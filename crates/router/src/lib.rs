@@ -5,7 +5,8 @@
 //! generation bump and outbox jobs, and maintenance to every replica. See `proxy`.
 //!
 //! Tasks and their failure policy:
-//! * `grpc` — the proxy server; its end ends the process.
+//! * `grpc` — the proxy server on its serving threads (see `serve`); its end, or
+//!   any serving thread's, ends the process.
 //! * `admin` — `/metrics` and `/healthz`; its failure ends the process.
 //! * `health` — probes storages every interval; never fails (errors are logged).
 //! * `listener` — LISTEN connection; reconnects forever (clearing the cache).
@@ -21,6 +22,7 @@ pub mod notifications;
 pub mod outbox;
 pub mod proxy;
 pub mod replica_path;
+pub mod serve;
 pub mod topology;
 
 use std::sync::Arc;
@@ -132,18 +134,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .prepare()
         .into_axum_router()
         .fallback_service(Proxy(coordinator));
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_routes(tonic::service::Routes::from(routes))
-        .serve_with_incoming_shutdown(
-            // Small gRPC frames must not wait for delayed ACKs (Nagle costs ~40 ms a call).
-            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            shutdown.clone().cancelled_owned(),
-        );
+    let server = serve::serve(
+        grpc,
+        config.serve_threads(),
+        tonic::service::Routes::from(routes),
+        shutdown.clone(),
+    );
     let mut server = tokio::spawn(server);
     ready.set(true);
-    info!(addr = %grpc_addr, observer = %observer, "router serving");
+    info!(addr = %grpc_addr, observer = %observer, threads = config.serve_threads(), "router serving");
 
     // Shutdown order: the server stops accepting and drains in-flight calls (bounded);
     // then the background loops stop; publishes not confirmed by then stay `pending`
@@ -155,14 +154,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         () = shutdown.cancelled() => {
             ready.set(false);
             match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
-                Ok(r) => r.context("grpc server task")?.context("serve grpc"),
+                Ok(r) => r.context("grpc server task")?,
                 Err(_) => {
                     warn!(timeout = ?DRAIN_TIMEOUT, "in-flight calls did not finish; abandoning them");
                     Ok(())
                 }
             }
         }
-        r = &mut server => r.context("grpc server task")?.context("serve grpc"),
+        r = &mut server => r.context("grpc server task")?,
         r = &mut admin => {
             r.context("admin port task")?.context("serve admin port")?;
             Err(anyhow::anyhow!("admin port stopped unexpectedly"))

@@ -35,16 +35,24 @@ pub struct Outbox {
     slot: RwLock<Option<Publisher>>,
     pool: Pool,
     app_id: String,
+    /// The runtime publishes run on: the main one, which outlives the serving threads'
+    /// runtimes, so a publish started by a call is not cut off when its serving thread
+    /// finishes draining.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Outbox {
-    /// An outbox with no publisher yet.
+    /// An outbox with no publisher yet; its publishes run on the calling runtime.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
     pub fn new(pool: Pool, app_id: &str) -> Arc<Self> {
         metrics::gauge!(BUS_CONNECTED_METRIC).set(0.0);
         Arc::new(Outbox {
             slot: RwLock::new(None),
             pool,
             app_id: app_id.to_owned(),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -71,7 +79,7 @@ impl Outbox {
             return;
         }
         let outbox = self.clone();
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             let Some(publisher) = outbox.publisher() else {
                 debug!(jobs = jobs.len(), "no bus connection: jobs stay pending");
                 metrics::counter!(PUBLISHED_METRIC, "outcome" => "unavailable")

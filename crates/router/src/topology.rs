@@ -29,7 +29,8 @@ pub struct Storage {
     pub address: String,
     /// The lazily connected channel (shared by every call to this node).
     pub channel: NodeChannel,
-    /// The read fast path's own connection (`None` for addresses it cannot serve).
+    /// The read fast path's connections, one per serving thread (`None` for
+    /// addresses it cannot serve).
     pub lane: Option<Lane>,
     /// This storage's series of `gitcluster_router_read_distribution_total`,
     /// registered once instead of looked up on every read.

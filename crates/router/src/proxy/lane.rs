@@ -9,8 +9,10 @@
 //! stream handling — writes, client-streaming calls, compressed requests — keeps
 //! using the storage's tonic channel.
 //!
-//! The connection is opened on first use and reopened on the next call after it
-//! closes; a call that cannot get a connection fails with Unavailable, which the
+//! A lane keeps one connection per serving thread ([`crate::serve::slot`]), opened
+//! by that thread's first call and driven by its runtime, so a fast-path read never
+//! leaves the thread its client connection is served on. A connection is reopened on
+//! the next call after it closes; a call that cannot get a connection fails with Unavailable, which the
 //! caller may replay on another replica (a read has no side effects). An idle
 //! connection is pinged every 20 s and dropped when a ping goes unanswered for 10 s,
 //! so a vanished node is noticed without waiting for TCP.
@@ -42,7 +44,8 @@ pub struct Lane {
     name: String,
     authority: Authority,
     authorization: Option<HeaderValue>,
-    sender: Mutex<Option<SendRequest<Bytes>>>,
+    /// The open connection of each serving thread, by [`crate::serve::slot`].
+    senders: Mutex<Vec<Option<SendRequest<Bytes>>>>,
 }
 
 impl Lane {
@@ -62,7 +65,7 @@ impl Lane {
             name: name.to_owned(),
             authority: uri.authority()?.clone(),
             authorization,
-            sender: Mutex::new(None),
+            senders: Mutex::new(Vec::new()),
         })
     }
 
@@ -125,9 +128,10 @@ impl Lane {
         }
     }
 
-    /// The open connection, or a new one.
+    /// This thread's open connection, or a new one.
     async fn sender(&self) -> Result<SendRequest<Bytes>, Status> {
-        if let Some(s) = self.slot().as_ref() {
+        let slot = crate::serve::slot();
+        if let Some(s) = self.senders().get(slot).and_then(Option::as_ref) {
             return Ok(s.clone());
         }
         let sender = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
@@ -143,7 +147,11 @@ impl Lane {
             })?;
         // Two calls racing here both connect; the later one's connection is kept and
         // the earlier one's closes when its last call ends.
-        *self.slot() = Some(sender.clone());
+        let mut senders = self.senders();
+        if senders.len() <= slot {
+            senders.resize(slot + 1, None);
+        }
+        senders[slot] = Some(sender.clone());
         Ok(sender)
     }
 
@@ -178,14 +186,17 @@ impl Lane {
         Ok(sender)
     }
 
-    /// Empties the slot after its connection failed, so the next call reconnects.
+    /// Empties this thread's slot after its connection failed, so the next call
+    /// reconnects.
     fn forget(&self, error: &h2::Error) {
         debug!(storage = %self.name, %error, "read lane connection failed; reconnecting on next use");
-        *self.slot() = None;
+        if let Some(s) = self.senders().get_mut(crate::serve::slot()) {
+            *s = None;
+        }
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<SendRequest<Bytes>>> {
-        self.sender
+    fn senders(&self) -> std::sync::MutexGuard<'_, Vec<Option<SendRequest<Bytes>>>> {
+        self.senders
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -35,12 +35,15 @@ pub struct TestRouter {
 pub struct Options {
     /// `--amqp-url`.
     pub amqp_url: String,
+    /// `--serve-threads`; the router's default when `None`.
+    pub serve_threads: Option<usize>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             amqp_url: amqp_url(),
+            serve_threads: None,
         }
     }
 }
@@ -62,6 +65,11 @@ impl TestRouter {
                 "--name=test-router".to_owned(),
                 "--health-interval-ms=200".to_owned(),
             ])
+            .args(
+                options
+                    .serve_threads
+                    .map(|n| format!("--serve-threads={n}")),
+            )
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LOG_FORMAT", "json")
@@ -155,6 +163,29 @@ impl TestRouter {
             self.channel().await,
             BearerToken::new(Some(&self.external_token)).expect("token"),
         )
+    }
+
+    /// Sends SIGTERM and waits (at most the harness's patience) for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.as_ref().expect("router running").id();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = tokio::time::Instant::now() + patience();
+        loop {
+            let exited = self.child.as_mut().map(Child::try_wait);
+            if let Some(status) = exited.and_then(|r| r.expect("wait for router")) {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "router still running after SIGTERM:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The `/metrics` text.

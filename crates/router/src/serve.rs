@@ -1,0 +1,239 @@
+//! The gRPC listener and its serving threads.
+//!
+//! A forwarded call crosses the router as a chain of small tasks: the client
+//! connection's, the call's, and the storage connection's (the read lane). On a
+//! work-stealing runtime each wake-up of one of them can hand it to another worker
+//! thread, so a single call paid several cross-thread wake-ups; on a 2-vCPU machine
+//! that was about a third of the router's added latency (docs/decisions.md, "Serving
+//! threads"). So the router serves on `--serve-threads` threads, each with its own
+//! single-threaded runtime: one accept loop hands every new client connection to one
+//! thread (round robin), and everything that connection's calls do — the HTTP/2
+//! connection, the calls, their read lanes ([`slot`]) — stays on that thread.
+//!
+//! One listening socket (no `SO_REUSEPORT`), so a second router started on the same
+//! port fails to bind instead of silently sharing the traffic. The general path's
+//! tonic channels, the health probes, the LISTEN connection and the publisher stay on
+//! the main runtime; a call reaches them with an ordinary cross-thread wake-up.
+
+use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tracing::warn;
+
+/// Gauge: client connections open on each serving thread (`thread` = its index), so
+/// an operator can see how connections are spread.
+pub const CONNECTIONS_METRIC: &str = "gitcluster_router_client_connections";
+
+thread_local! {
+    /// 1 + the index of the serving thread running here; 0 elsewhere.
+    static SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Per-thread state index of the current thread: `1..=n` on the serving threads, `0`
+/// on any other thread. Lanes keep one connection per slot, so a call's storage
+/// connection is driven by the thread the call runs on.
+pub fn slot() -> usize {
+    SLOT.with(Cell::get)
+}
+
+/// How long to wait before accepting again after `accept` failed (for example when
+/// the process is out of file descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves `routes` on `listener` with `threads` serving threads (at least one) until
+/// `shutdown` fires and every thread has drained its connections. Ends with an error
+/// when a serving thread fails or cannot start.
+pub async fn serve(
+    listener: TcpListener,
+    threads: usize,
+    routes: tonic::service::Routes,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut connections = Vec::new();
+    let mut finished = Vec::new();
+    for index in 0..threads.max(1) {
+        let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (done_tx, done_rx) = oneshot::channel();
+        let routes = routes.clone();
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name(format!("router-serve-{index}"))
+            .spawn(move || {
+                let _ = done_tx.send(serve_thread(index + 1, rx, routes, shutdown));
+            })
+            .context("start a serving thread")?;
+        connections.push(tx);
+        finished.push(done_rx);
+    }
+    let accept = async {
+        let mut next = 0;
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            // Small gRPC frames must not wait for delayed ACKs (Nagle costs ~40 ms a call).
+            if let Err(error) = stream.set_nodelay(true) {
+                warn!(%error, "cannot set TCP_NODELAY on a client connection");
+            }
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(error) => {
+                    warn!(%error, "cannot hand a client connection to a serving thread");
+                    continue;
+                }
+            };
+            // A thread that has ended has reported why; its queue is closed.
+            if connections[next].send(stream).is_err() {
+                return;
+            }
+            next = (next + 1) % connections.len();
+        }
+    };
+    let first_end = async {
+        let (result, _, _) = futures::future::select_all(finished.iter_mut()).await;
+        result.unwrap_or_else(|_| Err(anyhow::anyhow!("a serving thread panicked")))
+    };
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = accept => {}
+        result = first_end => {
+            // A thread ended before shutdown: the router can no longer serve all of
+            // its connections. Stop the others and report it.
+            shutdown.cancel();
+            result.context("serving thread")?;
+            anyhow::bail!("a serving thread stopped unexpectedly");
+        }
+    }
+    // New connections are refused from here; the threads drain theirs.
+    drop(listener);
+    drop(connections);
+    for done in finished {
+        match done.await {
+            Ok(result) => result.context("serving thread")?,
+            Err(_) => anyhow::bail!("a serving thread panicked"),
+        }
+    }
+    Ok(())
+}
+
+/// One serving thread: a single-threaded runtime serving the connections it is
+/// handed until `shutdown`, then draining them.
+fn serve_thread(
+    slot: usize,
+    incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    routes: tonic::service::Routes,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    SLOT.with(|s| s.set(slot));
+    let open = metrics::gauge!(CONNECTIONS_METRIC, "thread" => (slot - 1).to_string());
+    open.set(0.0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start a serving thread's runtime")?;
+    runtime.block_on(async move {
+        // A connection that cannot join this runtime is skipped (and closed).
+        let incoming = futures::stream::unfold(incoming, move |mut incoming| {
+            let open = open.clone();
+            async move {
+                let stream = incoming.recv().await?;
+                let stream = TcpStream::from_std(stream)
+                    .inspect_err(|error| {
+                        warn!(%error, "cannot serve a client connection on this thread");
+                    })
+                    .map(|stream| ClientConnection::new(stream, open));
+                Some((stream, incoming))
+            }
+        });
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+            .context("serve grpc")
+    })
+}
+
+/// A client connection, counted in [`CONNECTIONS_METRIC`] while it is open.
+struct ClientConnection {
+    stream: TcpStream,
+    open: metrics::Gauge,
+}
+
+impl ClientConnection {
+    fn new(stream: TcpStream, open: metrics::Gauge) -> Self {
+        open.increment(1.0);
+        ClientConnection { stream, open }
+    }
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
+}
+
+impl Connected for ClientConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for ClientConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+// Every method is forwarded, vectored writes included: HTTP/2 writes a response's
+// frames with one `writev`.
+impl AsyncWrite for ClientConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
