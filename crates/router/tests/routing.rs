@@ -738,6 +738,43 @@ async fn rename_changes_metadata_only() {
     assert_eq!(err.code(), Code::NotFound);
 }
 
+/// A request message over the 64 MiB limit is refused with tonic's codes on both
+/// paths — OutOfRange uncompressed (the fast path's own limit, matching what tonic and
+/// so a storage node answers), ResourceExhausted when it only exceeds the limit once
+/// inflated (tonic's decoder on the general path) — and the router keeps serving.
+#[tokio::test]
+async fn oversized_requests_are_refused_on_both_paths() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "big.git").await;
+    let oversized = || FindDefaultBranchRequest {
+        repository: Some(gitcluster_proto::v1::Repository {
+            storage_name: "default".into(),
+            relative_path: "a".repeat(gitcluster_proto::MAX_MESSAGE_BYTES + 1),
+        }),
+    };
+    let err = router
+        .ref_client()
+        .await
+        .find_default_branch(oversized())
+        .await
+        .expect_err("uncompressed oversized request");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("larger than"), "{err:?}");
+    let err = router
+        .ref_client()
+        .await
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .find_default_branch(oversized())
+        .await
+        .expect_err("compressed oversized request");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("size limit"), "{err:?}");
+    read(&router, "big.git", false)
+        .await
+        .expect("a normal read afterwards");
+}
+
 #[tokio::test]
 async fn bad_requests_get_precise_codes() {
     let cluster = cluster().await;
