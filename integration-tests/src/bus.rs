@@ -73,3 +73,87 @@ pub fn delete_topology(prefix: &str, storages: &[String], retry_delays: &[u64]) 
     })
     .join();
 }
+
+/// Address of the broker's management API (`RABBITMQ_MANAGEMENT_ADDR`, default
+/// `127.0.0.1:15672`; `make test` enables the plugin), used with guest/guest.
+fn management_addr() -> String {
+    std::env::var("RABBITMQ_MANAGEMENT_ADDR").unwrap_or_else(|_| "127.0.0.1:15672".into())
+}
+
+/// One request to the management API: `(status, body)`.
+pub async fn management(method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use base64::Engine as _;
+    let addr = management_addr();
+    let credentials = base64::engine::general_purpose::STANDARD.encode("guest:guest");
+    crate::http_exchange(
+        &addr,
+        &format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Basic {credentials}\r\n\
+             X-Reason: closed by a gitcluster test\r\nContent-Length: 0\r\n\r\n"
+        ),
+    )
+    .await
+}
+
+/// Names of the broker connections consuming from queues whose name starts with
+/// `prefix` (a test's own bus prefix), sorted.
+pub async fn consuming_connections(prefix: &str) -> anyhow::Result<Vec<String>> {
+    let (status, body) = management("GET", "/api/consumers/%2f").await?;
+    anyhow::ensure!(status == 200, "GET /api/consumers: {status} {body}");
+    let consumers: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+    let mut names: Vec<String> = consumers
+        .iter()
+        .filter(|c| {
+            c["queue"]["name"]
+                .as_str()
+                .is_some_and(|q| q.starts_with(prefix))
+        })
+        .filter_map(|c| c["channel_details"]["connection_name"].as_str())
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Names of the broker connections whose client-given name (`connection_name`, see
+/// `gitcluster_proto::bus::connect`) starts with `label`, sorted.
+pub async fn connections_labelled(label: &str) -> anyhow::Result<Vec<String>> {
+    let (status, body) = management("GET", "/api/connections").await?;
+    anyhow::ensure!(status == 200, "GET /api/connections: {status} {body}");
+    let connections: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+    let mut names: Vec<String> = connections
+        .iter()
+        .filter(|c| {
+            c["client_properties"]["connection_name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(label))
+        })
+        .filter_map(|c| c["name"].as_str())
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Closes the broker connection `name` from the broker's side, as an operator (or a
+/// broker restart) would.
+pub async fn close_connection(name: &str) -> anyhow::Result<()> {
+    let path = format!("/api/connections/{}", percent_encode(name));
+    let (status, body) = management("DELETE", &path).await?;
+    anyhow::ensure!(status == 204, "DELETE {path}: {status} {body}");
+    Ok(())
+}
+
+/// Percent-encodes everything but unreserved characters (connection names hold
+/// spaces, `:` and `>`).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

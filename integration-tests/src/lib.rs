@@ -219,11 +219,20 @@ impl Drop for Member {
 
 /// Minimal HTTP/1.0 GET for admin endpoints: `(status, body)`.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http_exchange(
+        &addr.to_string(),
+        &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+    )
+    .await
+}
+
+/// Sends `request` (a whole HTTP/1.0 request) to `addr` and reads the answer to its
+/// end: `(status, body)`.
+pub async fn http_exchange(addr: &str, request: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
         .await??;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(request.as_bytes()).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf).into_owned();

@@ -524,6 +524,57 @@ async fn unreachable_target_retries_with_growing_delays_then_is_dead_lettered() 
     bus.delete().await;
 }
 
+/// The broker closes the replicator's connection (an operator in the management UI,
+/// or a broker restart): the replicator reconnects, consumes again on a new
+/// connection, and a job published afterwards is replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_by_the_broker_is_reopened_and_jobs_flow_again() {
+    use gitcluster_integration_tests::bus::{close_connection, consuming_connections};
+    let (cluster, db) = cluster_with_repository(3).await;
+    let (bus, mut replicator) = replicator_for(&cluster, &[]).await;
+    let prefix = bus.prefix();
+
+    let before: Vec<String> = eventually!("the replicator consumes", {
+        let names = consuming_connections(&prefix).await?;
+        ensure!(!names.is_empty(), "no consumer yet");
+        Ok(names)
+    });
+    for name in &before {
+        close_connection(name).await.expect("close the connection");
+    }
+    eventually!("consuming again on a new connection", {
+        let now = consuming_connections(&prefix).await?;
+        ensure!(
+            !now.is_empty() && now.iter().all(|n| !before.contains(n)),
+            "consumers on {now:?}"
+        );
+        Ok(())
+    });
+
+    let job = insert_job(&db).await;
+    bus.publish(&job).await;
+    eventually!("job done after the reconnect", {
+        let (state, ..) = job_row(&db, &job).await;
+        ensure!(state == "done", "state {state}");
+        Ok(())
+    });
+    assert_eq!(generation(&db, "gitaly-2").await, Some(3));
+    assert_eq!(checksum(&cluster, 0).await, checksum(&cluster, 1).await);
+    assert!(
+        replicator
+            .log()
+            .contains("amqp connection lost, reconnecting"),
+        "the loss is logged"
+    );
+
+    // lapin itself logs the forced close at ERROR; nothing else may.
+    assert_eq!(
+        replicator.terminate(&["CONNECTION_FORCED - closed by a gitcluster test"]),
+        Some(0)
+    );
+    bus.delete().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_idle_exits_zero() {
     let db = TestDb::create(true).await;
