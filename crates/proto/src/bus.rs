@@ -35,7 +35,7 @@ pub enum PublishError {
     Encode(#[from] serde_json::Error),
 }
 
-/// Opens an AMQP connection named after the service (visible in the broker UI).
+/// Opens an AMQP connection named `<service>@<hostname>` (visible in the broker UI).
 pub async fn connect(url: &str, service: &str) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("{service}@{}", hostname())));

@@ -35,6 +35,8 @@ pub struct Outbox {
     slot: RwLock<Option<Publisher>>,
     pool: Pool,
     app_id: String,
+    /// `<app_id> <router name>`: the broker UI shows which router holds a connection.
+    connection_name: String,
     /// The runtime publishes run on: the main one, which outlives the serving threads'
     /// runtimes, so a publish started by a call is not cut off when its serving thread
     /// finishes draining.
@@ -42,16 +44,18 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An outbox with no publisher yet; its publishes run on the calling runtime.
+    /// An outbox with no publisher yet for the router named `instance`; its publishes
+    /// run on the calling runtime.
     ///
     /// # Panics
     /// Outside a Tokio runtime.
-    pub fn new(pool: Pool, app_id: &str) -> Arc<Self> {
+    pub fn new(pool: Pool, app_id: &str, instance: &str) -> Arc<Self> {
         metrics::gauge!(BUS_CONNECTED_METRIC).set(0.0);
         Arc::new(Outbox {
             slot: RwLock::new(None),
             pool,
             app_id: app_id.to_owned(),
+            connection_name: format!("{app_id} {instance}"),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -131,7 +135,7 @@ impl Outbox {
         let mut changed = topology.subscribe();
         loop {
             let attempt = async {
-                let conn = bus::connect(&url, &self.app_id).await?;
+                let conn = bus::connect(&url, &self.connection_name).await?;
                 let publisher = Publisher::new(&conn, names.clone(), &self.app_id).await?;
                 bus::declare_base(publisher.channel(), &names, &DEFAULT_RETRY_DELAYS_MS).await?;
                 declare_targets(&publisher, &names, &topology).await?;

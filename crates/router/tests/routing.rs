@@ -939,6 +939,74 @@ async fn writes_succeed_with_the_bus_down_and_jobs_stay_pending() {
     assert_eq!(states, vec!["pending", "pending"]);
 }
 
+/// The broker closes the router's publishing connection: the router reconnects (its
+/// connection is named after it in the broker UI) and later writes publish their jobs.
+#[tokio::test]
+async fn the_job_bus_connection_is_reopened_after_the_broker_closes_it() {
+    use gitcluster_integration_tests::bus::{close_connection, connections_labelled};
+    let cluster = cluster().await;
+    let name = format!("test-router-{}", cluster.bus_prefix);
+    let mut router = TestRouter::start(
+        &cluster,
+        Options {
+            name: Some(name.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    router.expect_error("CONNECTION_FORCED - closed by a gitcluster test");
+    let label = format!("gitcluster-router {name}@");
+    // The management API lists a connection once the broker's statistics include it.
+    let before = eventually!("the publishing connection listed", {
+        let names = connections_labelled(&label).await?;
+        anyhow::ensure!(names.len() == 1, "connections {names:?}");
+        Ok(names)
+    });
+    close_connection(&before[0]).await.expect("close it");
+    eventually!("a new publishing connection", {
+        let now = connections_labelled(&label).await?;
+        anyhow::ensure!(now.len() == 1 && now != before, "connections {now:?}");
+        let m = router.metrics().await;
+        anyhow::ensure!(
+            metric_sum(&m, "gitcluster_router_bus_connected", &[]) == 1.0,
+            "not connected"
+        );
+        Ok(())
+    });
+
+    create(&router, "rebus.git").await;
+    router
+        .ref_client()
+        .await
+        .set_default_branch(SetDefaultBranchRequest {
+            repository: Some(repo("rebus.git")),
+            name: "refs/heads/main".into(),
+        })
+        .await
+        .expect("write after the reconnect");
+    let (id, _, _, _) = record(&cluster, "rebus.git").await.expect("record");
+    eventually!("both jobs published", {
+        let states: Vec<String> = db(&cluster)
+            .await
+            .query(
+                "SELECT state::text FROM replication_jobs WHERE repository_id = $1",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        anyhow::ensure!(states == ["published", "published"], "states {states:?}");
+        Ok(())
+    });
+    assert!(
+        router
+            .log()
+            .contains("job bus connection lost; reconnecting"),
+        "the loss is logged"
+    );
+}
+
 #[tokio::test]
 async fn topology_changes_apply_without_restart() {
     let cluster = cluster().await;

@@ -37,6 +37,8 @@ pub struct Options {
     pub amqp_url: String,
     /// `--serve-threads`; the router's default when `None`.
     pub serve_threads: Option<usize>,
+    /// `--name`; `test-router` when `None`.
+    pub name: Option<String>,
 }
 
 impl Default for Options {
@@ -44,6 +46,7 @@ impl Default for Options {
         Options {
             amqp_url: amqp_url(),
             serve_threads: None,
+            name: None,
         }
     }
 }
@@ -62,7 +65,10 @@ impl TestRouter {
                 format!("--metrics-listen=127.0.0.1:{metrics}"),
                 format!("--amqp-url={}", options.amqp_url),
                 format!("--bus-prefix={}", cluster.bus_prefix),
-                "--name=test-router".to_owned(),
+                format!(
+                    "--name={}",
+                    options.name.as_deref().unwrap_or("test-router")
+                ),
                 "--health-interval-ms=200".to_owned(),
             ])
             .args(
