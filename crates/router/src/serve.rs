@@ -103,31 +103,50 @@ pub async fn serve(
             next = (next + 1) % connections.len();
         }
     };
-    let first_end = async {
-        let (result, _, _) = futures::future::select_all(finished.iter_mut()).await;
-        result.unwrap_or_else(|_| Err(anyhow::anyhow!("a serving thread panicked")))
-    };
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        () = accept => {}
-        result = first_end => {
-            // A thread ended before shutdown: the router can no longer serve all of
-            // its connections. Stop the others and report it.
-            shutdown.cancel();
-            result.context("serving thread")?;
-            anyhow::bail!("a serving thread stopped unexpectedly");
+    // Shutdown first: once it has fired, threads ending is their drain, not a fault.
+    let mut unexpected = false;
+    let ended = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => None,
+        // A thread's queue closed: that thread ended without being asked to.
+        () = accept => {
+            unexpected = true;
+            None
         }
+        (result, index, _) = futures::future::select_all(finished.iter_mut()) => {
+            Some((index, result))
+        }
+    };
+    if let Some((index, result)) = ended {
+        // This thread has reported; the others are awaited below.
+        finished.remove(index);
+        unexpected = !shutdown.is_cancelled();
+        // A dead thread's share of connections can no longer be served: stop them
+        // all (a no-op when shutting down anyway), then report its own error.
+        shutdown.cancel();
+        thread_result(result)?;
+    }
+    if unexpected {
+        shutdown.cancel();
     }
     // New connections are refused from here; the threads drain theirs.
     drop(listener);
     drop(connections);
     for done in finished {
-        match done.await {
-            Ok(result) => result.context("serving thread")?,
-            Err(_) => anyhow::bail!("a serving thread panicked"),
-        }
+        thread_result(done.await)?;
     }
+    anyhow::ensure!(!unexpected, "a serving thread stopped unexpectedly");
     Ok(())
+}
+
+/// A serving thread's report: its own outcome, or that it panicked before reporting.
+fn thread_result(
+    report: Result<anyhow::Result<()>, oneshot::error::RecvError>,
+) -> anyhow::Result<()> {
+    match report {
+        Ok(result) => result.context("serving thread"),
+        Err(_) => anyhow::bail!("a serving thread panicked"),
+    }
 }
 
 /// One serving thread: a single-threaded runtime serving the connections it is
