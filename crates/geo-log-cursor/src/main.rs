@@ -1,5 +1,5 @@
-//! `gitcluster-geo-log-cursor`: validate the configuration, honour `--dump-config`, then run the
-//! service under the shared entry point (exit codes: 64 bad config, 78 schema gate).
+//! `gitcluster-geo-log-cursor`: the shared service entry point (exit codes: 64 bad config,
+//! 78 schema gate; `--dump-config` prints the effective configuration).
 
 use std::process::ExitCode;
 
@@ -7,21 +7,9 @@ use gitcluster_geo_log_cursor::{Config, run};
 use gitcluster_proto::service;
 
 fn main() -> ExitCode {
-    let name = "gitcluster-geo-log-cursor";
-    let config: Config = match service::parse() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    if let Err(e) = config.validate() {
-        return service::bad_config(name, &e);
-    }
-    if config.dump_config {
-        print!("{}", config.dump());
-        return ExitCode::SUCCESS;
-    }
-    service::run(
-        name,
-        |shutdown| run(config, shutdown),
+    service::main::<Config, _, _>(
+        "gitcluster-geo-log-cursor",
+        run,
         gitcluster_migrations::exit_status,
     )
 }

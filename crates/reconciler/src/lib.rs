@@ -7,9 +7,8 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
-use gitcluster_migrations::redact_url;
 use gitcluster_proto::admin;
+use gitcluster_proto::service::{BusArgs, DatabaseArgs, ServiceConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -28,41 +27,34 @@ pub struct Config {
         default_value = "0.0.0.0:9655"
     )]
     pub metrics_listen: SocketAddr,
-    /// PostgreSQL URL of the cluster database.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// RabbitMQ URL of the job bus (validated, not connected yet).
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
+    /// `--database-url`.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// `--amqp-url` and `--bus-prefix` (validated; the skeleton does not connect yet).
+    #[command(flatten)]
+    pub bus: BusArgs,
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub dump_config: bool,
 }
 
-impl Config {
-    /// Checks what clap cannot; the message never contains a secret.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        self.database_url
-            .parse::<tokio_postgres::Config>()
-            .context("--database-url is not a valid PostgreSQL URL")?;
-        match self.amqp_url.split_once("://") {
-            Some(("amqp" | "amqps", rest)) if !rest.is_empty() => Ok(()),
-            _ => anyhow::bail!("--amqp-url must be an amqp:// or amqps:// URL"),
-        }
+impl ServiceConfig for Config {
+    fn validate(&self) -> anyhow::Result<()> {
+        self.database.validate()?;
+        self.bus.validate()?;
+        Ok(())
     }
 
-    /// The effective configuration as `key = "value"` lines, secrets redacted.
-    pub fn dump(&self) -> String {
+    fn dump_requested(&self) -> bool {
+        self.dump_config
+    }
+
+    fn dump(&self) -> String {
         format!(
-            "metrics_listen = \"{}\"\ndatabase_url = \"{}\"\namqp_url = \"{}\"\n",
+            "metrics_listen = \"{}\"\n{}{}",
             self.metrics_listen,
-            redact_url(&self.database_url),
-            redact_url(&self.amqp_url)
+            self.database.dump(),
+            self.bus.dump(),
         )
     }
 }
@@ -72,9 +64,12 @@ impl Config {
 /// schema is not the one this build expects.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let gate = async {
-        gitcluster_migrations::wait_for_schema(&config.database_url, |attempt, error, delay| {
-            warn!(attempt, %error, ?delay, "database not reachable, retrying");
-        })
+        gitcluster_migrations::wait_for_schema(
+            &config.database.database_url,
+            |attempt, error, delay| {
+                warn!(attempt, %error, ?delay, "database not reachable, retrying");
+            },
+        )
         .await
         .map_err(anyhow::Error::from)
     };

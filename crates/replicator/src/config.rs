@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gitcluster_migrations::redact_url;
+use gitcluster_proto::service::{BusArgs, DatabaseArgs, ServiceConfig};
 
 /// Environment variable holding the internal token presented to storage nodes.
 pub const TOKEN_ENV: &str = "GITCLUSTER_INTERNAL_TOKEN";
@@ -43,20 +43,12 @@ pub struct Config {
         default_value = "0.0.0.0:9654"
     )]
     pub metrics_listen: SocketAddr,
-    /// PostgreSQL URL of the cluster database.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// RabbitMQ URL of the job bus.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
-    /// Prefix of every exchange and queue name (tests use one per test).
-    #[arg(long, env = "GITCLUSTER_BUS_PREFIX", default_value = "gitcluster")]
-    pub bus_prefix: String,
+    /// `--database-url`.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// `--amqp-url` and `--bus-prefix`.
+    #[command(flatten)]
+    pub bus: BusArgs,
     /// Unacknowledged deliveries the broker may push to each target queue's consumer.
     #[arg(long, env = "GITCLUSTER_REPLICATOR_PREFETCH", default_value_t = 16)]
     pub prefetch: u16,
@@ -98,20 +90,10 @@ pub struct Config {
     pub internal_token: Option<String>,
 }
 
-impl Config {
-    /// Checks what clap cannot; the message never contains a secret.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        self.database_url
-            .parse::<tokio_postgres::Config>()
-            .context("--database-url is not a valid PostgreSQL URL")?;
-        match self.amqp_url.split_once("://") {
-            Some(("amqp" | "amqps", rest)) if !rest.is_empty() => {}
-            _ => anyhow::bail!("--amqp-url must be an amqp:// or amqps:// URL"),
-        }
-        anyhow::ensure!(
-            !self.bus_prefix.trim_end_matches('.').is_empty(),
-            "--bus-prefix must not be empty"
-        );
+impl ServiceConfig for Config {
+    fn validate(&self) -> anyhow::Result<()> {
+        self.database.validate()?;
+        self.bus.validate()?;
         anyhow::ensure!(self.prefetch >= 1, "--prefetch must be at least 1");
         anyhow::ensure!(self.workers >= 1, "--workers must be at least 1");
         anyhow::ensure!(self.max_attempts >= 1, "--max-attempts must be at least 1");
@@ -130,18 +112,19 @@ impl Config {
         Ok(())
     }
 
-    /// The effective configuration as `key = "value"` lines, secrets redacted.
-    pub fn dump(&self) -> String {
+    fn dump_requested(&self) -> bool {
+        self.dump_config
+    }
+
+    fn dump(&self) -> String {
         let delays: Vec<String> = self.retry_delays_ms.iter().map(u64::to_string).collect();
         format!(
-            "metrics_listen = \"{}\"\ndatabase_url = \"{}\"\namqp_url = \"{}\"\n\
-             bus_prefix = \"{}\"\ninternal_token = \"{}\"\nprefetch = {}\nworkers = {}\n\
-             retry_delays_ms = [{}]\nmax_attempts = {}\ngraceful_timeout_secs = {}\n\
-             job_timeout_secs = {}\n",
+            "metrics_listen = \"{}\"\n{}{}internal_token = \"{}\"\nprefetch = {}\n\
+             workers = {}\nretry_delays_ms = [{}]\nmax_attempts = {}\n\
+             graceful_timeout_secs = {}\njob_timeout_secs = {}\n",
             self.metrics_listen,
-            redact_url(&self.database_url),
-            redact_url(&self.amqp_url),
-            self.bus_prefix,
+            self.database.dump(),
+            self.bus.dump(),
             if self.internal_token.is_some() {
                 "***"
             } else {
@@ -155,7 +138,9 @@ impl Config {
             self.job_timeout_secs,
         )
     }
+}
 
+impl Config {
     /// Deadline of one storage-node call.
     pub fn job_timeout(&self) -> Duration {
         Duration::from_secs(self.job_timeout_secs)

@@ -62,7 +62,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         admin_stop.clone(),
     ));
     tokio::select! {
-        gate = gitcluster_migrations::wait_for_schema(&config.database_url, |attempt, error, delay| {
+        gate = gitcluster_migrations::wait_for_schema(&config.database.database_url, |attempt, error, delay| {
             warn!(attempt, %error, ?delay, "database not reachable, retrying");
         }) => drop(gate?),
         () = shutdown.cancelled() => {
@@ -71,10 +71,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     info!("database schema verified");
-    let pool = db::pool(&config.database_url, config.pool_size())?;
+    let pool = db::pool(&config.database.database_url, config.pool_size())?;
 
     let first = tokio::select! {
-        c = connect_amqp(&config.amqp_url) => c?,
+        c = connect_amqp(&config.bus.amqp_url) => c?,
         () = shutdown.cancelled() => {
             admin_stop.cancel();
             return Ok(());
@@ -88,7 +88,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let topology_stop = CancellationToken::new();
     let topology_task = tokio::spawn(topology::watch(
         pool.clone(),
-        config.database_url.clone(),
+        config.database.database_url.clone(),
         targets_tx,
         topology_stop.clone(),
     ));
@@ -101,7 +101,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             max_attempts: config.max_attempts,
             job_timeout: config.job_timeout(),
         }),
-        names: BusNames::new(&config.bus_prefix),
+        names: BusNames::new(&config.bus.bus_prefix),
         delays: config.retry_delays_ms.clone(),
         prefetch: config.prefetch,
         workers: Arc::new(Semaphore::new(config.workers)),
@@ -111,7 +111,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let supervisor = session::supervise(
         shared.clone(),
-        config.amqp_url.clone(),
+        config.bus.amqp_url.clone(),
         first,
         targets_rx,
         ready.clone(),

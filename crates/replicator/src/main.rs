@@ -1,27 +1,11 @@
-//! `gitcluster-replicator`: validate the configuration, honour `--dump-config`, then run the
-//! service under the shared entry point (exit codes: 64 bad config, 78 schema gate).
+//! `gitcluster-replicator`: the shared service entry point (exit codes: 64 bad config,
+//! 78 schema gate; `--dump-config` prints the effective configuration).
 
 use std::process::ExitCode;
 
 use gitcluster_proto::service;
-use gitcluster_replicator::{Config, run};
+use gitcluster_replicator::{Config, SERVICE, run};
 
 fn main() -> ExitCode {
-    let name = gitcluster_replicator::SERVICE;
-    let config: Config = match service::parse() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    if let Err(e) = config.validate() {
-        return service::bad_config(name, &e);
-    }
-    if config.dump_config {
-        print!("{}", config.dump());
-        return ExitCode::SUCCESS;
-    }
-    service::run(
-        name,
-        |shutdown| run(config, shutdown),
-        gitcluster_migrations::exit_status,
-    )
+    service::main::<Config, _, _>(SERVICE, run, gitcluster_migrations::exit_status)
 }

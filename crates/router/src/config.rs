@@ -20,8 +20,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use gitcluster_migrations::redact_url;
+use gitcluster_proto::service::{BusArgs, DatabaseArgs, ServiceConfig};
 
 /// Environment variable holding the token clients must present.
 pub const ENV_TOKEN: &str = "GITCLUSTER_ROUTER_TOKEN";
@@ -50,21 +49,13 @@ pub struct Config {
         default_value = "0.0.0.0:9652"
     )]
     pub metrics_listen: SocketAddr,
-    /// PostgreSQL URL of the cluster database.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// RabbitMQ URL of the job bus. The router starts and serves without it; jobs
-    /// then stay `pending` until the reconciler relays them.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// Prefix of every exchange and queue name.
-    #[arg(long, env = "GITCLUSTER_BUS_PREFIX", default_value = "gitcluster")]
-    pub bus_prefix: String,
+    /// `--database-url`.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// `--amqp-url` and `--bus-prefix`. The router starts and serves without the
+    /// bus; jobs then stay `pending` until the reconciler relays them.
+    #[command(flatten)]
+    pub bus: BusArgs,
     /// Name of this router as a health observer (`node_status.observer`).
     #[arg(long, env = "GITCLUSTER_ROUTER_NAME")]
     pub name: Option<String>,
@@ -76,8 +67,8 @@ pub struct Config {
         default_value_t = 1000
     )]
     pub health_interval_ms: u64,
-    /// Threads serving client connections, each connection on one of them (see
-    /// `serve`); 0 means one per CPU the process may use.
+    /// Threads serving client connections; each connection stays on one of them. 0
+    /// means one per CPU the process may use.
     #[arg(long, env = "GITCLUSTER_ROUTER_SERVE_THREADS", default_value_t = 0)]
     pub serve_threads: usize,
     /// Token clients must present (env `GITCLUSTER_ROUTER_TOKEN` only).
@@ -92,23 +83,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// Checks what clap cannot; the message never contains a secret.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        self.database_url
-            .parse::<tokio_postgres::Config>()
-            .map(drop)
-            .context("--database-url is not a valid PostgreSQL URL")?;
-        anyhow::ensure!(
-            self.health_interval_ms >= 10,
-            "--health-interval-ms must be at least 10"
-        );
-        anyhow::ensure!(
-            !self.bus_prefix.is_empty(),
-            "--bus-prefix must not be empty"
-        );
-        Ok(())
-    }
-
     /// The observer name: `--name`, or `<hostname>:<listen>`.
     pub fn observer_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
@@ -131,19 +105,32 @@ impl Config {
             n => n,
         }
     }
+}
 
-    /// The effective configuration as `key = "value"` lines, secrets redacted.
-    pub fn dump(&self) -> String {
+impl ServiceConfig for Config {
+    fn validate(&self) -> anyhow::Result<()> {
+        self.database.validate()?;
+        self.bus.validate()?;
+        anyhow::ensure!(
+            self.health_interval_ms >= 10,
+            "--health-interval-ms must be at least 10"
+        );
+        Ok(())
+    }
+
+    fn dump_requested(&self) -> bool {
+        self.dump_config
+    }
+
+    fn dump(&self) -> String {
         let set = |s: &Option<String>| if s.is_some() { "***" } else { "" };
         format!(
-            "listen = \"{}\"\nmetrics_listen = \"{}\"\ndatabase_url = \"{}\"\n\
-             amqp_url = \"{}\"\nbus_prefix = \"{}\"\nname = \"{}\"\n\
+            "listen = \"{}\"\nmetrics_listen = \"{}\"\n{}{}name = \"{}\"\n\
              health_interval_ms = {}\nserve_threads = {}\ntoken = \"{}\"\ninternal_token = \"{}\"\n",
             self.listen,
             self.metrics_listen,
-            redact_url(&self.database_url),
-            redact_url(&self.amqp_url),
-            self.bus_prefix,
+            self.database.dump(),
+            self.bus.dump(),
             self.observer_name(),
             self.health_interval_ms,
             self.serve_threads(),

@@ -73,13 +73,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.clone(),
     ));
     tokio::select! {
-        gate = gitcluster_migrations::wait_for_schema(&config.database_url, |attempt, error, delay| {
+        gate = gitcluster_migrations::wait_for_schema(&config.database.database_url, |attempt, error, delay| {
             warn!(attempt, %error, ?delay, "database not reachable, retrying");
         }) => drop(gate?),
         () = shutdown.cancelled() => return Ok(()),
     }
 
-    let pool = db::pool(&config.database_url)?;
+    let pool = db::pool(&config.database.database_url)?;
     let topology = Arc::new(TopologyHandle::new(config.internal_token.as_deref())?);
     {
         let client = pool.get().await.context("connect to database")?;
@@ -104,14 +104,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             tasks.clone(),
         )),
         tokio::spawn(notifications::listen(
-            config.database_url.clone(),
+            config.database.database_url.clone(),
             cache.clone(),
             topology.clone(),
             tasks.clone(),
         )),
         tokio::spawn(outbox.clone().supervise(
-            config.amqp_url.clone(),
-            BusNames::new(&config.bus_prefix),
+            config.bus.amqp_url.clone(),
+            BusNames::new(&config.bus.bus_prefix),
             topology.clone(),
             tasks.clone(),
         )),
