@@ -5,12 +5,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool_postgres::{
-    Config as PoolConfig, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
+    Connect, Manager, ManagerConfig, Pool, PoolConfig, PoolError, RecyclingMethod, Runtime,
+    Timeouts,
 };
+use futures::future::BoxFuture;
 use gitcluster_proto::jobs::{Change, ReplicationJob};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tonic::Status;
+use tracing::warn;
 
 const BUMP_GENERATION: &str = include_str!("queries/bump_generation.sql");
 const WRITE_TARGETS: &str = include_str!("queries/write_targets.sql");
@@ -19,21 +24,76 @@ const RESERVE_ID: &str = include_str!("queries/reserve_repository_id.sql");
 const DELETE_REPOSITORY: &str = include_str!("queries/delete_repository.sql");
 
 /// Builds the connection pool (connections are opened on demand).
+///
+/// Every connection is opened and driven on the runtime calling this (the main one),
+/// whichever thread asks the pool for it: calls on the serving threads borrow
+/// connections, so one thread finishing its drain (and dropping its runtime) must not
+/// take other threads' transactions, or the outbox's last updates, down with it.
+///
+/// # Panics
+/// Outside a Tokio runtime.
 pub fn pool(url: &str) -> anyhow::Result<Pool> {
-    let mut cfg = PoolConfig::new();
-    cfg.url = Some(url.to_owned());
-    cfg.manager = Some(ManagerConfig {
-        recycling_method: RecyclingMethod::Fast,
-    });
-    let mut pc = deadpool_postgres::PoolConfig::new(16);
-    pc.timeouts = Timeouts {
+    let pg_config: tokio_postgres::Config = url
+        .parse()
+        .context("--database-url is not a valid PostgreSQL URL")?;
+    let manager = Manager::from_connect(
+        pg_config,
+        OnRuntime(tokio::runtime::Handle::current()),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let mut config = PoolConfig::new(16);
+    config.timeouts = Timeouts {
         wait: Some(Duration::from_secs(5)),
         create: Some(Duration::from_secs(5)),
         recycle: Some(Duration::from_secs(5)),
     };
-    cfg.pool = Some(pc);
-    cfg.create_pool(Some(Runtime::Tokio1), NoTls)
+    Pool::builder(manager)
+        .config(config)
+        .runtime(Runtime::Tokio1)
+        .build()
         .context("create database pool")
+}
+
+/// Opens pool connections on one runtime (see [`pool`]).
+struct OnRuntime(tokio::runtime::Handle);
+
+impl Connect for OnRuntime {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> BoxFuture<'_, Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>>
+    {
+        let pg_config = pg_config.clone();
+        Box::pin(async move {
+            let (opened, client) = oneshot::channel();
+            let config = pg_config.clone();
+            // The socket registers with the reactor of the runtime that opens it, so
+            // the whole connection — open and drive — runs there.
+            let task = self.0.spawn(async move {
+                match config.connect(NoTls).await {
+                    Ok((client, connection)) => {
+                        if opened.send(Ok(client)).is_ok()
+                            && let Err(error) = connection.await
+                        {
+                            warn!(%error, "database connection ended");
+                        }
+                    }
+                    Err(e) => drop(opened.send(Err(e))),
+                }
+            });
+            match client.await {
+                Ok(client) => Ok((client?, task)),
+                // The main runtime is shutting down (the process is ending): this
+                // connection can only live here.
+                Err(_) => {
+                    let (client, connection) = pg_config.connect(NoTls).await?;
+                    Ok((client, tokio::spawn(async move { drop(connection.await) })))
+                }
+            }
+        })
+    }
 }
 
 /// The gRPC status for a database error: the one place SQLSTATEs are interpreted.
