@@ -134,15 +134,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .prepare()
         .into_axum_router()
         .fallback_service(Proxy(coordinator));
-    let server = serve::serve(
-        grpc,
-        config.serve_threads(),
-        tonic::service::Routes::from(routes),
-        shutdown.clone(),
-    );
-    let mut server = tokio::spawn(server);
+    let threads = config.serve_threads();
+    let workers = serve::Workers::start(threads, &tonic::service::Routes::from(routes), &shutdown)?;
+    let mut server = tokio::spawn(workers.serve(grpc));
     ready.set(true);
-    info!(addr = %grpc_addr, observer = %observer, threads = config.serve_threads(), "router serving");
+    info!(addr = %grpc_addr, observer = %observer, threads, "router serving");
 
     // Shutdown order: the server stops accepting and drains in-flight calls (bounded);
     // then the background loops stop; publishes not confirmed by then stay `pending`

@@ -12,8 +12,9 @@
 //!
 //! One listening socket (no `SO_REUSEPORT`), so a second router started on the same
 //! port fails to bind instead of silently sharing the traffic. The general path's
-//! tonic channels, the health probes, the LISTEN connection and the publisher stay on
-//! the main runtime; a call reaches them with an ordinary cross-thread wake-up.
+//! tonic channels, the health probes, the LISTEN connection, the publisher and the
+//! database pool's connections stay on the main runtime; a call reaches them with an
+//! ordinary cross-thread wake-up.
 
 use std::cell::Cell;
 use std::io;
@@ -49,94 +50,124 @@ pub fn slot() -> usize {
 /// the process is out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Serves `routes` on `listener` with `threads` serving threads (at least one) until
-/// `shutdown` fires and every thread has drained its connections. Ends with an error
-/// when a serving thread fails or cannot start.
-pub async fn serve(
-    listener: TcpListener,
-    threads: usize,
-    routes: tonic::service::Routes,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut connections = Vec::new();
-    let mut finished = Vec::new();
-    for index in 0..threads.max(1) {
-        let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
-        let (done_tx, done_rx) = oneshot::channel();
-        let routes = routes.clone();
-        let shutdown = shutdown.clone();
-        std::thread::Builder::new()
-            .name(format!("router-serve-{index}"))
-            .spawn(move || {
-                let _ = done_tx.send(serve_thread(index + 1, rx, routes, shutdown));
-            })
-            .context("start a serving thread")?;
-        connections.push(tx);
-        finished.push(done_rx);
+/// The serving threads, started and waiting for connections.
+pub struct Workers {
+    connections: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    finished: Vec<oneshot::Receiver<anyhow::Result<()>>>,
+    /// Stops the threads: the process's shutdown, or a thread failing.
+    stop: CancellationToken,
+}
+
+impl Workers {
+    /// Builds `threads` runtimes (at least one) and starts their threads, serving
+    /// `routes` once connections arrive, until `shutdown`. Fails — before the router
+    /// reports ready — when a runtime or a thread cannot be created.
+    pub fn start(
+        threads: usize,
+        routes: &tonic::service::Routes,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Workers> {
+        let stop = shutdown.child_token();
+        let mut connections = Vec::new();
+        let mut finished = Vec::new();
+        for index in 0..threads.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("build a serving thread's runtime")?;
+            let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+            let (done_tx, done_rx) = oneshot::channel();
+            let routes = routes.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("router-serve-{index}"))
+                .spawn(move || {
+                    let _ = done_tx.send(serve_thread(runtime, index + 1, rx, routes, stop));
+                })
+                .context("start a serving thread")?;
+            connections.push(tx);
+            finished.push(done_rx);
+        }
+        Ok(Workers {
+            connections,
+            finished,
+            stop,
+        })
     }
-    let accept = async {
-        let mut next = 0;
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
+
+    /// Hands the connections of `listener` to the threads in turn until shutdown, then
+    /// waits for every thread to drain. Ends with an error, at once, when a thread
+    /// stops before shutdown: the router can no longer serve that thread's share of
+    /// connections, so it stops (the other threads are told to drain).
+    pub async fn serve(self, listener: TcpListener) -> anyhow::Result<()> {
+        let Workers {
+            connections,
+            mut finished,
+            stop,
+        } = self;
+        let accept = async {
+            let mut next = 0;
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        warn!(%error, "accepting a connection failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                // Small gRPC frames must not wait for delayed ACKs (Nagle costs ~40 ms
+                // a call).
+                if let Err(error) = stream.set_nodelay(true) {
+                    warn!(%error, "cannot set TCP_NODELAY on a client connection");
                 }
-            };
-            // Small gRPC frames must not wait for delayed ACKs (Nagle costs ~40 ms a call).
-            if let Err(error) = stream.set_nodelay(true) {
-                warn!(%error, "cannot set TCP_NODELAY on a client connection");
-            }
-            let stream = match stream.into_std() {
-                Ok(s) => s,
-                Err(error) => {
-                    warn!(%error, "cannot hand a client connection to a serving thread");
-                    continue;
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(error) => {
+                        warn!(%error, "cannot hand a client connection to a serving thread");
+                        continue;
+                    }
+                };
+                // A thread that has ended has closed its queue: that thread's report
+                // says why.
+                if connections[next].send(stream).is_err() {
+                    return next;
                 }
-            };
-            // A thread that has ended has reported why; its queue is closed.
-            if connections[next].send(stream).is_err() {
-                return;
+                next = (next + 1) % connections.len();
             }
-            next = (next + 1) % connections.len();
+        };
+        // Shutdown first: once it has fired, threads ending is their drain, not a
+        // fault.
+        let ended = tokio::select! {
+            biased;
+            () = stop.cancelled() => None,
+            index = accept => Some((index, None)),
+            (report, index, _) = futures::future::select_all(finished.iter_mut()) => {
+                Some((index, Some(report)))
+            }
+        };
+        if let Some((index, report)) = ended {
+            let unexpected = !stop.is_cancelled();
+            stop.cancel();
+            let report = match report {
+                Some(report) => {
+                    // Already received: not to be awaited again below.
+                    finished.swap_remove(index);
+                    report
+                }
+                None => finished.swap_remove(index).await,
+            };
+            thread_result(report)?;
+            anyhow::ensure!(!unexpected, "a serving thread stopped unexpectedly");
         }
-    };
-    // Shutdown first: once it has fired, threads ending is their drain, not a fault.
-    let mut unexpected = false;
-    let ended = tokio::select! {
-        biased;
-        () = shutdown.cancelled() => None,
-        // A thread's queue closed: that thread ended without being asked to.
-        () = accept => {
-            unexpected = true;
-            None
+        // New connections are refused from here; the threads drain theirs.
+        drop(listener);
+        drop(connections);
+        for done in finished {
+            thread_result(done.await)?;
         }
-        (result, index, _) = futures::future::select_all(finished.iter_mut()) => {
-            Some((index, result))
-        }
-    };
-    if let Some((index, result)) = ended {
-        // This thread has reported; the others are awaited below.
-        finished.remove(index);
-        unexpected = !shutdown.is_cancelled();
-        // A dead thread's share of connections can no longer be served: stop them
-        // all (a no-op when shutting down anyway), then report its own error.
-        shutdown.cancel();
-        thread_result(result)?;
+        Ok(())
     }
-    if unexpected {
-        shutdown.cancel();
-    }
-    // New connections are refused from here; the threads drain theirs.
-    drop(listener);
-    drop(connections);
-    for done in finished {
-        thread_result(done.await)?;
-    }
-    anyhow::ensure!(!unexpected, "a serving thread stopped unexpectedly");
-    Ok(())
 }
 
 /// A serving thread's report: its own outcome, or that it panicked before reporting.
@@ -152,6 +183,7 @@ fn thread_result(
 /// One serving thread: a single-threaded runtime serving the connections it is
 /// handed until `shutdown`, then draining them.
 fn serve_thread(
+    runtime: tokio::runtime::Runtime,
     slot: usize,
     incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
     routes: tonic::service::Routes,
@@ -160,10 +192,6 @@ fn serve_thread(
     SLOT.with(|s| s.set(slot));
     let open = metrics::gauge!(CONNECTIONS_METRIC, "thread" => (slot - 1).to_string());
     open.set(0.0);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start a serving thread's runtime")?;
     runtime.block_on(async move {
         // A connection that cannot join this runtime is skipped (and closed).
         let incoming = futures::stream::unfold(incoming, move |mut incoming| {
