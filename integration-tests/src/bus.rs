@@ -98,41 +98,52 @@ pub async fn management(method: &str, path: &str) -> anyhow::Result<(u16, String
 /// Names of the broker connections consuming from queues whose name starts with
 /// `prefix` (a test's own bus prefix), sorted.
 pub async fn consuming_connections(prefix: &str) -> anyhow::Result<Vec<String>> {
-    let (status, body) = management("GET", "/api/consumers/%2f").await?;
-    anyhow::ensure!(status == 200, "GET /api/consumers: {status} {body}");
-    let consumers: Vec<serde_json::Value> = serde_json::from_str(&body)?;
-    let mut names: Vec<String> = consumers
-        .iter()
-        .filter(|c| {
-            c["queue"]["name"]
-                .as_str()
-                .is_some_and(|q| q.starts_with(prefix))
-        })
-        .filter_map(|c| c["channel_details"]["connection_name"].as_str())
-        .map(str::to_owned)
-        .collect();
-    names.sort();
-    names.dedup();
-    Ok(names)
+    connection_names(
+        "/api/consumers/%2f",
+        &["queue", "name"],
+        prefix,
+        &["channel_details", "connection_name"],
+    )
+    .await
 }
 
 /// Names of the broker connections whose client-given name (`connection_name`, see
 /// `gitcluster_proto::bus::connect`) starts with `label`, sorted.
 pub async fn connections_labelled(label: &str) -> anyhow::Result<Vec<String>> {
-    let (status, body) = management("GET", "/api/connections").await?;
-    anyhow::ensure!(status == 200, "GET /api/connections: {status} {body}");
-    let connections: Vec<serde_json::Value> = serde_json::from_str(&body)?;
-    let mut names: Vec<String> = connections
+    connection_names(
+        "/api/connections",
+        &["client_properties", "connection_name"],
+        label,
+        &["name"],
+    )
+    .await
+}
+
+/// From the JSON array at `path`, the distinct string fields at `name` of the entries
+/// whose string field at `key` starts with `prefix`, sorted.
+async fn connection_names(
+    path: &str,
+    key: &[&str],
+    prefix: &str,
+    name: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    let (status, body) = management("GET", path).await?;
+    anyhow::ensure!(status == 200, "GET {path}: {status} {body}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+    let at = |entry: &'_ serde_json::Value, fields: &[&str]| {
+        fields
+            .iter()
+            .try_fold(entry, |v, f| v.get(*f))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let mut names: Vec<String> = entries
         .iter()
-        .filter(|c| {
-            c["client_properties"]["connection_name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with(label))
-        })
-        .filter_map(|c| c["name"].as_str())
-        .map(str::to_owned)
+        .filter(|e| at(e, key).is_some_and(|k| k.starts_with(prefix)))
+        .filter_map(|e| at(e, name))
         .collect();
     names.sort();
+    names.dedup();
     Ok(names)
 }
 
