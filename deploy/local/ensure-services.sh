@@ -49,4 +49,8 @@ if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; the
   log "enabling rabbitmq_management"
   rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null
 fi
+# Tests read and close connections through the management API: wait until it answers.
+mgmt_up() { curl -fsS -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null 2>&1; }
+for _ in $(seq 1 60); do mgmt_up && break; sleep 1; done
+mgmt_up || { log "RabbitMQ management API did not answer on 127.0.0.1:15672 (guest/guest)"; exit 1; }
 log "PostgreSQL, RabbitMQ (UI on :15672) and git are ready"
