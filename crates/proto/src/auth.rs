@@ -100,6 +100,14 @@ impl BearerToken {
         };
         Ok(BearerToken { header })
     }
+
+    /// The `authorization` header value this adds (`Bearer <token>`), for callers
+    /// that build HTTP/2 requests below tonic; `None` when no token is sent.
+    pub fn header_value(&self) -> Option<http::HeaderValue> {
+        self.header
+            .as_ref()
+            .and_then(|h| http::HeaderValue::from_bytes(h.as_encoded_bytes()).ok())
+    }
 }
 
 impl Interceptor for BearerToken {
@@ -132,6 +140,27 @@ mod tests {
             );
         }
         m
+    }
+
+    #[test]
+    fn bearer_header_value_is_what_the_interceptor_sends() {
+        let token = BearerToken::new(Some("s3cret")).expect("token");
+        assert_eq!(
+            token.header_value().expect("header").to_str().ok(),
+            Some("Bearer s3cret")
+        );
+        assert!(
+            BearerToken::new(None)
+                .expect("none")
+                .header_value()
+                .is_none()
+        );
+        assert!(
+            BearerToken::new(Some(""))
+                .expect("empty")
+                .header_value()
+                .is_none()
+        );
     }
 
     #[test]

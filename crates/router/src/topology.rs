@@ -84,7 +84,6 @@ impl Topology {
 pub struct TopologyHandle {
     current: RwLock<Arc<Topology>>,
     token: BearerToken,
-    raw_token: Option<String>,
     changed: tokio::sync::watch::Sender<u64>,
 }
 
@@ -94,7 +93,6 @@ impl TopologyHandle {
         Ok(TopologyHandle {
             current: RwLock::new(Arc::new(Topology::default())),
             token: BearerToken::new(internal_token).context("internal token")?,
-            raw_token: internal_token.map(str::to_owned),
             changed: tokio::sync::watch::channel(0).0,
         })
     }
@@ -193,7 +191,7 @@ impl TopologyHandle {
             name: name.to_owned(),
             address: address.to_owned(),
             channel: InterceptedService::new(channel, self.token.clone()),
-            lane: Lane::new(name, address, self.raw_token.as_deref()),
+            lane: Lane::new(name, address, &self.token),
             reads: metrics::counter!(READ_DISTRIBUTION_METRIC,
                 "virtual_storage" => virtual_storage.to_owned(), "storage" => name.to_owned()),
         })

@@ -23,6 +23,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gitcluster_proto::auth::BearerToken;
 use h2::RecvStream;
 use h2::client::SendRequest;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -49,22 +50,18 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// A lane to the storage `name` at `address` (`http://host:port`). `None` for
-    /// addresses the lane cannot serve (anything but plain `http`): such storages
-    /// are reached through tonic only.
-    pub fn new(name: &str, address: &str, token: Option<&str>) -> Option<Lane> {
+    /// A lane to the storage `name` at `address` (`http://host:port`) presenting
+    /// `token`. `None` for addresses the lane cannot serve (anything but plain
+    /// `http`): such storages are reached through tonic only.
+    pub fn new(name: &str, address: &str, token: &BearerToken) -> Option<Lane> {
         let uri: Uri = address.parse().ok()?;
         if uri.scheme() != Some(&Scheme::HTTP) {
             return None;
         }
-        let authorization = match token.filter(|t| !t.is_empty()) {
-            Some(t) => Some(HeaderValue::from_str(&format!("Bearer {t}")).ok()?),
-            None => None,
-        };
         Some(Lane {
             name: name.to_owned(),
             authority: uri.authority()?.clone(),
-            authorization,
+            authorization: token.header_value(),
             senders: Mutex::new(Vec::new()),
         })
     }
