@@ -28,6 +28,7 @@ use tonic::Status;
 use tracing::warn;
 
 use super::forward::CallCount;
+use super::intercepted::Lifecycle;
 use super::lane::LaneBody;
 use super::{
     Coordinator, INTERNAL_SERVICE, count_request, repository_at, rewrite, virtual_storage,
@@ -56,8 +57,8 @@ fn eligible(path: &str, info: &MethodInfo, headers: &HeaderMap) -> bool {
         && info.scope == Scope::Repository
         && info.additional_repository.is_none()
         && !path.starts_with(INTERNAL_SERVICE)
-        // Answered from metadata by the general path.
-        && path != "/gitcluster.v1.RepositoryService/RepositoryExists"
+        // Answered from, or recorded in, the metadata by the general path.
+        && Lifecycle::of(path).is_none()
         // A compressed request would have to be inflated to be rewritten.
         && headers
             .get("grpc-encoding")
@@ -216,6 +217,36 @@ impl Body for CountedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lifecycle_rpcs_are_left_to_the_general_path() {
+        let headers = HeaderMap::new();
+        let mut intercepted = Vec::new();
+        for info in registry().methods() {
+            if Lifecycle::of(&info.path).is_some() {
+                intercepted.push(info.path.as_str());
+                assert!(
+                    !eligible(&info.path, info, &headers),
+                    "{} must be answered from metadata",
+                    info.path
+                );
+            }
+        }
+        intercepted.sort_unstable();
+        assert_eq!(
+            intercepted,
+            [
+                "/gitcluster.v1.RepositoryService/CreateRepository",
+                "/gitcluster.v1.RepositoryService/RemoveRepository",
+                "/gitcluster.v1.RepositoryService/RenameRepository",
+                "/gitcluster.v1.RepositoryService/RepositoryExists",
+            ]
+        );
+        // An ordinary read of a repository stays eligible.
+        let size = "/gitcluster.v1.RepositoryService/RepositorySize";
+        let info = registry().get(size).expect("registered");
+        assert!(eligible(size, info, &headers));
+    }
 
     #[test]
     fn single_message_takes_exactly_one_uncompressed_frame() {

@@ -35,6 +35,30 @@ const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Relative paths per `ListRepositories` response message.
 const LIST_CHUNK: usize = 500;
 
+/// A repository-scoped RPC the router answers itself (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lifecycle {
+    Create,
+    Remove,
+    Rename,
+    Exists,
+}
+
+impl Lifecycle {
+    /// The lifecycle RPC at the gRPC `path`, if it is one. Both the general path
+    /// (which answers these) and the read fast path (which must leave them alone)
+    /// ask here, so the two cannot disagree on which calls are intercepted.
+    pub(super) fn of(path: &str) -> Option<Lifecycle> {
+        match path.strip_prefix(super::REPOSITORY_SERVICE)? {
+            "CreateRepository" => Some(Lifecycle::Create),
+            "RemoveRepository" => Some(Lifecycle::Remove),
+            "RenameRepository" => Some(Lifecycle::Rename),
+            "RepositoryExists" => Some(Lifecycle::Exists),
+            _ => None,
+        }
+    }
+}
+
 fn reply(message: impl prost::Message) -> Response<ReplyStream> {
     forward::local(vec![Bytes::from(message.encode_to_vec())])
 }

@@ -43,6 +43,7 @@ use tracing::{error, warn};
 pub use forward::{Counted, ReplyStream};
 pub use lane::Lane;
 
+use self::intercepted::Lifecycle;
 use crate::codec::BytesCodec;
 use crate::db::{self, JobContext};
 use crate::health::HealthObserver;
@@ -267,15 +268,16 @@ impl Coordinator {
         if relative_path.is_empty() {
             return Err(Status::invalid_argument("empty relative path"));
         }
-        let method = call.path.strip_prefix(REPOSITORY_SERVICE).unwrap_or("");
-        match method {
-            "CreateRepository" => return intercepted::create(self, call, vs, &relative_path).await,
-            "RemoveRepository" => return intercepted::remove(self, vs, &relative_path).await,
-            "RenameRepository" => {
+        match Lifecycle::of(&call.path) {
+            Some(Lifecycle::Create) => {
+                return intercepted::create(self, call, vs, &relative_path).await;
+            }
+            Some(Lifecycle::Remove) => return intercepted::remove(self, vs, &relative_path).await,
+            Some(Lifecycle::Rename) => {
                 return intercepted::rename(self, &call, vs, &relative_path).await;
             }
-            "RepositoryExists" => return intercepted::exists(self, vs, &relative_path).await,
-            _ => {}
+            Some(Lifecycle::Exists) => return intercepted::exists(self, vs, &relative_path).await,
+            None => {}
         }
         let Some(meta) = self.cache.get(&vs.name, &relative_path).await? else {
             if info.operation == Operation::Accessor && advertises_empty_if_missing(&call.message) {
