@@ -19,6 +19,7 @@
 
 use std::pin::Pin;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -46,7 +47,17 @@ pub struct Lane {
     authority: Authority,
     authorization: Option<HeaderValue>,
     /// The open connection of each serving thread, by [`crate::serve::slot`].
-    senders: Mutex<Vec<Option<SendRequest<Bytes>>>>,
+    senders: Mutex<Vec<Option<Connection>>>,
+    /// Numbers the connections this lane opens.
+    opened: AtomicU64,
+}
+
+/// One open lane connection and its number, so that a call whose connection failed
+/// forgets that connection only, never a fresh one another call has opened since.
+#[derive(Debug, Clone)]
+struct Connection {
+    id: u64,
+    sender: SendRequest<Bytes>,
 }
 
 impl Lane {
@@ -63,6 +74,7 @@ impl Lane {
             authority: uri.authority()?.clone(),
             authorization: token.header_value(),
             senders: Mutex::new(Vec::new()),
+            opened: AtomicU64::new(0),
         })
     }
 
@@ -99,8 +111,8 @@ impl Lane {
         // a fresh connection (a read may be sent twice; it has no side effects).
         let mut retried = false;
         loop {
-            let sender = self.sender().await?;
-            match exchange(sender, request(), framed.clone()).await {
+            let connection = self.connection().await?;
+            match exchange(connection.sender.clone(), request(), framed.clone()).await {
                 Ok(response) => {
                     return Ok(response.map(|stream| LaneBody {
                         stream,
@@ -109,12 +121,12 @@ impl Lane {
                 }
                 // A reset concerns this call only; anything else may be the connection.
                 Err(e) if !e.is_reset() && !retried => {
-                    self.forget(&e);
+                    self.forget(connection.id, &e);
                     retried = true;
                 }
                 Err(e) => {
                     if !e.is_reset() {
-                        self.forget(&e);
+                        self.forget(connection.id, &e);
                     }
                     return Err(Status::unavailable(format!(
                         "storage {} is unreachable: {e}",
@@ -126,10 +138,10 @@ impl Lane {
     }
 
     /// This thread's open connection, or a new one.
-    async fn sender(&self) -> Result<SendRequest<Bytes>, Status> {
+    async fn connection(&self) -> Result<Connection, Status> {
         let slot = crate::serve::slot();
-        if let Some(s) = self.senders().get(slot).and_then(Option::as_ref) {
-            return Ok(s.clone());
+        if let Some(c) = self.senders().get(slot).and_then(Option::as_ref) {
+            return Ok(c.clone());
         }
         let sender = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
             .await
@@ -142,14 +154,18 @@ impl Lane {
             .map_err(|e| {
                 Status::unavailable(format!("storage {} is unreachable: {e}", self.name))
             })?;
+        let connection = Connection {
+            id: self.opened.fetch_add(1, Ordering::Relaxed),
+            sender,
+        };
         // Two calls racing here both connect; the later one's connection is kept and
         // the earlier one's closes when its last call ends.
         let mut senders = self.senders();
         if senders.len() <= slot {
             senders.resize(slot + 1, None);
         }
-        senders[slot] = Some(sender.clone());
-        Ok(sender)
+        senders[slot] = Some(connection.clone());
+        Ok(connection)
     }
 
     async fn connect(&self) -> Result<SendRequest<Bytes>, Box<dyn std::error::Error>> {
@@ -183,16 +199,18 @@ impl Lane {
         Ok(sender)
     }
 
-    /// Empties this thread's slot after its connection failed, so the next call
-    /// reconnects.
-    fn forget(&self, error: &h2::Error) {
+    /// Empties this thread's slot after connection `id` failed, so the next call
+    /// reconnects; a newer connection in the slot is kept.
+    fn forget(&self, id: u64, error: &h2::Error) {
         debug!(storage = %self.name, %error, "read lane connection failed; reconnecting on next use");
-        if let Some(s) = self.senders().get_mut(crate::serve::slot()) {
-            *s = None;
+        if let Some(slot) = self.senders().get_mut(crate::serve::slot())
+            && slot.as_ref().is_some_and(|c| c.id == id)
+        {
+            *slot = None;
         }
     }
 
-    fn senders(&self) -> std::sync::MutexGuard<'_, Vec<Option<SendRequest<Bytes>>>> {
+    fn senders(&self) -> std::sync::MutexGuard<'_, Vec<Option<Connection>>> {
         self.senders
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
