@@ -93,6 +93,13 @@ impl Config {
         })
     }
 
+    /// What the router's job-bus connection is named after in the broker UI (which
+    /// adds `@<hostname>`): `--name`, or the listen address, since the default
+    /// observer name already starts with the host.
+    pub fn bus_instance(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+
     /// The health probe interval.
     pub fn health_interval(&self) -> Duration {
         Duration::from_millis(self.health_interval_ms)
@@ -137,5 +144,31 @@ impl ServiceConfig for Config {
             set(&self.token),
             set(&self.internal_token),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn the_bus_connection_is_named_after_the_router_without_repeating_the_host() {
+        let db = ["--database-url", "postgres://postgres@127.0.0.1/gitcluster"];
+        let named = Config::try_parse_from(
+            ["gitcluster-router", "--name", "router-1"]
+                .into_iter()
+                .chain(db),
+        )
+        .expect("parse");
+        assert_eq!(named.bus_instance(), "router-1");
+        let unnamed = Config::try_parse_from(
+            ["gitcluster-router", "--listen", "127.0.0.1:2399"]
+                .into_iter()
+                .chain(db),
+        )
+        .expect("parse");
+        assert_eq!(unnamed.bus_instance(), "127.0.0.1:2399");
+        assert!(unnamed.observer_name().ends_with(":127.0.0.1:2399"));
     }
 }

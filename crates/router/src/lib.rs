@@ -92,7 +92,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     health
         .round(&topology, &pool, &observer, config.health_interval())
         .await;
-    let outbox = Outbox::new(pool.clone(), SERVICE, &observer);
+    let outbox = Outbox::new(pool.clone(), SERVICE, &config.bus_instance());
 
     let tasks = CancellationToken::new();
     let background = [
