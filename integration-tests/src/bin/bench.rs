@@ -133,16 +133,19 @@ struct UnaryTarget {
 
 /// Sequential latencies of one small unary RPC (`RepositorySize` on a tiny
 /// repository) on each target, sorted. The calls alternate between the targets, so
-/// both samples see the same machine conditions (on a shared 2-vCPU VM, latency drifts
-/// by more than the difference measured when the two run one after the other).
-async fn unary_latencies(targets: [UnaryTarget; 2], calls: usize) -> Result<[Vec<Duration>; 2]> {
+/// every sample sees the same machine conditions (on a shared 2-vCPU VM, latency
+/// drifts by more than the difference measured when they run one after the other).
+async fn unary_latencies<const N: usize>(
+    targets: [UnaryTarget; N],
+    calls: usize,
+) -> Result<[Vec<Duration>; N]> {
     let mut clients = targets.map(|t| {
         (
             RepositoryServiceClient::with_interceptor(t.channel, t.auth),
             t.repository,
         )
     });
-    let mut out = [Vec::with_capacity(calls), Vec::with_capacity(calls)];
+    let mut out = std::array::from_fn(|_| Vec::with_capacity(calls));
     for i in 0..calls + 50 {
         for (side, (client, repository)) in clients.iter_mut().enumerate() {
             let request = RepositorySizeRequest {
@@ -217,7 +220,13 @@ async fn router_bench() -> Result<serde_json::Value> {
         .position(|s| s.storage == primary)
         .context("primary node")?;
     let calls = 2000;
-    let [direct, routed] = unary_latencies(
+    // The floor any proxy process pays on this machine: a byte-forwarding (L4) hop in
+    // front of the same node, measured in the same alternation.
+    let hop = Forwarder::start(&cluster.storages[primary_idx].address)?;
+    let hop_channel = tonic::transport::Endpoint::from_shared(hop.url())?
+        .connect()
+        .await?;
+    let [direct, routed, hopped] = unary_latencies(
         [
             UnaryTarget {
                 channel: cluster.channel(primary_idx).await,
@@ -229,10 +238,16 @@ async fn router_bench() -> Result<serde_json::Value> {
                 auth: cluster.external_auth(),
                 repository: cluster.virtual_repository("bench/small.git"),
             },
+            UnaryTarget {
+                channel: hop_channel,
+                auth: cluster.auth(),
+                repository: cluster.repository(primary_idx, &small_replica),
+            },
         ],
         calls,
     )
     .await?;
+    drop(hop);
     // The router answers RepositoryExists from its metadata cache: this isolates its
     // fixed per-call cost (auth, decode, cache) from the cost of forwarding.
     let mut exists_client = RepositoryServiceClient::with_interceptor(
@@ -291,6 +306,7 @@ async fn router_bench() -> Result<serde_json::Value> {
     let local50 = us(percentile(&local, 0.5));
     let (d50, r50) = (us(percentile(&direct, 0.5)), us(percentile(&routed, 0.5)));
     let (d99, r99) = (us(percentile(&direct, 0.99)), us(percentile(&routed, 0.99)));
+    let (h50, h99) = (us(percentile(&hopped, 0.5)), us(percentile(&hopped, 0.99)));
 
     // 2. Clone throughput: gateway → router vs gateway → the primary storage node.
     let work = scratch.join("work");
@@ -403,6 +419,8 @@ async fn router_bench() -> Result<serde_json::Value> {
         "unary_router_p50_us": round(r50),
         "unary_added_p50_us": round(r50 - d50),
         "unary_added_p99_us": round(r99 - d99),
+        "unary_l4_hop_added_p50_us": round(h50 - d50),
+        "unary_l4_hop_added_p99_us": round(h99 - d99),
         "unary_router_answered_p50_us": round(local50),
         "unary_node_exists_p50_us": round(us(percentile(&floor, 0.5))),
         "unary_node_health_p50_us": round(us(percentile(&bare, 0.5))),
@@ -422,20 +440,99 @@ fn write_report(name: &str, report: &serde_json::Value) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.json"));
     std::fs::write(&path, serde_json::to_string_pretty(report)? + "\n")?;
     println!("\n{name}");
-    println!("{:<24} {:>12}", "metric", "value");
-    println!("{:-<24} {:->12}", "", "");
-    if let Some(obj) = report.as_object() {
-        for (k, v) in obj {
-            println!("{k:<24} {v:>12}");
-        }
+    let obj = report.as_object().context("a report is a JSON object")?;
+    let width = obj.keys().map(String::len).max().unwrap_or(0).max(6);
+    println!("{:<width$} {:>12}", "metric", "value");
+    println!("{:-<width$} {:->12}", "", "");
+    for (k, v) in obj {
+        println!("{k:<width$} {v:>12}");
     }
     println!("written to {}", path.display());
     Ok(path)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let only: Vec<String> = std::env::args().skip(1).collect();
+/// A byte-forwarding hop in a child process (`bench forward <host:port>`), stopped
+/// when dropped.
+struct Forwarder {
+    child: std::process::Child,
+    address: String,
+}
+
+impl Forwarder {
+    /// Starts a hop to `target` (`http://host:port`) and waits for its address.
+    fn start(target: &str) -> Result<Forwarder> {
+        use std::io::BufRead as _;
+        let target = target.strip_prefix("http://").unwrap_or(target);
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["forward", target])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("start the forwarding hop")?;
+        let stdout = child.stdout.take().context("hop stdout")?;
+        let mut address = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut address)?;
+        let address = address.trim().to_owned();
+        if address.is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("the forwarding hop did not report its address");
+        }
+        Ok(Forwarder { child, address })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The hop itself: one thread, one current-thread runtime (like a router serving
+/// thread), every connection relayed byte for byte to `target` with TCP_NODELAY.
+fn forward(target: String) -> Result<()> {
+    use std::io::Write as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "{}", listener.local_addr()?)?;
+        stdout.flush()?;
+        loop {
+            let (mut client, _) = listener.accept().await?;
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = upstream.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    })
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, target] = args.as_slice()
+        && mode == "forward"
+    {
+        return forward(target.clone());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(only: Vec<String>) -> Result<()> {
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     if wanted("storage") {
         let report = storage_bench().await.context("storage benchmark")?;
