@@ -152,22 +152,17 @@ mod tests {
     use super::*;
     use clap::Parser as _;
 
+    /// The configuration for `args`, with the database URL the router requires.
+    fn parse(args: &[&str]) -> Config {
+        let db = ["--database-url", "postgres://postgres@127.0.0.1/gitcluster"];
+        Config::try_parse_from(["gitcluster-router"].iter().chain(args).chain(&db)).expect("parse")
+    }
+
     #[test]
     fn the_bus_connection_is_named_after_the_router_without_repeating_the_host() {
-        let db = ["--database-url", "postgres://postgres@127.0.0.1/gitcluster"];
-        let named = Config::try_parse_from(
-            ["gitcluster-router", "--name", "router-1"]
-                .into_iter()
-                .chain(db),
-        )
-        .expect("parse");
+        let named = parse(&["--name", "router-1"]);
         assert_eq!(named.bus_instance(), "router-1");
-        let unnamed = Config::try_parse_from(
-            ["gitcluster-router", "--listen", "127.0.0.1:2399"]
-                .into_iter()
-                .chain(db),
-        )
-        .expect("parse");
+        let unnamed = parse(&["--listen", "127.0.0.1:2399"]);
         assert_eq!(unnamed.bus_instance(), "127.0.0.1:2399");
         assert!(unnamed.observer_name().ends_with(":127.0.0.1:2399"));
     }
