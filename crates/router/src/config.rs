@@ -56,7 +56,8 @@ pub struct Config {
     /// bus; jobs then stay `pending` until the reconciler relays them.
     #[command(flatten)]
     pub bus: BusArgs,
-    /// Name of this router as a health observer (`node_status.observer`).
+    /// Name of this router as a health observer (`node_status.observer`) and in the
+    /// name of its job-bus connection.
     #[arg(long, env = "GITCLUSTER_ROUTER_NAME")]
     pub name: Option<String>,
     /// Interval between two health probes of every storage node; a probe times out

@@ -223,7 +223,7 @@ async fn router_bench() -> Result<serde_json::Value> {
     // The floor any proxy process pays on this machine: a byte-forwarding (L4) hop in
     // front of the same node, measured in the same alternation.
     let hop = Forwarder::start(&cluster.storages[primary_idx].address)?;
-    let hop_channel = tonic::transport::Endpoint::from_shared(hop.url())?
+    let hop_channel = tonic::transport::Endpoint::from_shared(hop.url.clone())?
         .connect()
         .await?;
     let [direct, routed, hopped] = unary_latencies(
@@ -455,7 +455,8 @@ fn write_report(name: &str, report: &serde_json::Value) -> Result<PathBuf> {
 /// when dropped.
 struct Forwarder {
     child: std::process::Child,
-    address: String,
+    /// `http://<the hop's address>`.
+    url: String,
 }
 
 impl Forwarder {
@@ -471,17 +472,16 @@ impl Forwarder {
         let stdout = child.stdout.take().context("hop stdout")?;
         let mut address = String::new();
         std::io::BufReader::new(stdout).read_line(&mut address)?;
-        let address = address.trim().to_owned();
+        let address = address.trim();
         if address.is_empty() {
             let _ = child.kill();
             let _ = child.wait();
             anyhow::bail!("the forwarding hop did not report its address");
         }
-        Ok(Forwarder { child, address })
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.address)
+        Ok(Forwarder {
+            child,
+            url: format!("http://{address}"),
+        })
     }
 }
 

@@ -111,8 +111,8 @@ impl Lane {
         // a fresh connection (a read may be sent twice; it has no side effects).
         let mut retried = false;
         loop {
-            let connection = self.connection().await?;
-            match exchange(connection.sender.clone(), request(), framed.clone()).await {
+            let Connection { id, sender } = self.connection().await?;
+            match exchange(sender, request(), framed.clone()).await {
                 Ok(response) => {
                     return Ok(response.map(|stream| LaneBody {
                         stream,
@@ -121,12 +121,12 @@ impl Lane {
                 }
                 // A reset concerns this call only; anything else may be the connection.
                 Err(e) if !e.is_reset() && !retried => {
-                    self.forget(connection.id, &e);
+                    self.forget(id, &e);
                     retried = true;
                 }
                 Err(e) => {
                     if !e.is_reset() {
-                        self.forget(connection.id, &e);
+                        self.forget(id, &e);
                     }
                     return Err(Status::unavailable(format!(
                         "storage {} is unreachable: {e}",
