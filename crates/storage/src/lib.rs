@@ -6,6 +6,7 @@
 
 pub mod checksum;
 pub mod config;
+pub mod fence;
 pub mod git;
 pub mod internal;
 pub mod metrics;
@@ -57,6 +58,9 @@ pub struct Node {
     pub ssh_helper: PathBuf,
     /// Random id of this process, see [`NODE_ID_METADATA`].
     pub id: String,
+    /// Held by each ReplicateRepository for its target, so replications onto one
+    /// repository never interleave.
+    pub replicating: fence::PathLocks,
 }
 
 /// The bound listeners of a node.
@@ -120,6 +124,7 @@ pub async fn serve(
         token: config.token.clone(),
         ssh_helper: config.ssh_helper.clone(),
         id: uuid::Uuid::new_v4().to_string(),
+        replicating: fence::PathLocks::default(),
     });
 
     let readiness = admin::Readiness::default();

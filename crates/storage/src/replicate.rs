@@ -12,6 +12,9 @@
 //!    tunnels the session through `InternalService.SSHUploadPack` on the source.
 //! 4. Write config (whole file, atomically), HEAD (`git symbolic-ref`),
 //!    `info/attributes` (written or removed) and `custom_hooks/` (swapped whole).
+//!
+//! Replications onto one target run one at a time (`crate::fence`), each from
+//! step 1, so the last to finish carries the newest state it saw.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path};
@@ -84,6 +87,9 @@ pub async fn replicate(node: &Node, req: ReplicateRepositoryRequest) -> Result<(
     if req.source_address.is_empty() {
         return Err(Status::invalid_argument("source address is required"));
     }
+    // Everything below — reading the source, deciding fresh or in place, writing —
+    // happens with no other replication onto this target in between (see `fence`).
+    let _fenced = node.replicating.lock(&target.path).await;
     let mut client = internal_client(&req.source_address, node.token.as_deref()).await?;
     let response = client
         .get_repository_files(GetRepositoryFilesRequest {

@@ -241,3 +241,42 @@ async fn replicating_an_empty_repository_and_refusals() {
     source.stop().await;
     target.stop().await;
 }
+
+/// Replications onto one target never overlap: a second one waits for the first and
+/// then brings the target to the source's newest state. (Without that, two copies
+/// raced over the temp-dir rename, the ref locks and HEAD/config, and an older copy
+/// could finish last over a newer one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replications_onto_one_target_both_succeed_and_mirror() {
+    let source = start("gitaly-1", Some(TOKEN), false).await;
+    let target = start("gitaly-2", Some(TOKEN), false).await;
+    for round in 0..3 {
+        let rel = format!("race-{round}.git");
+        source.create(&rel).await;
+        let dir = source.path(&rel);
+        let mut parent: Option<String> = None;
+        for i in 0..3 {
+            let parents: Vec<&str> = parent.iter().map(String::as_str).collect();
+            let c = commit(&dir, &format!("c{i}"), &parents).await;
+            update_ref(&source, &rel, &format!("refs/heads/b{i}"), "", &c)
+                .await
+                .expect("branch");
+            parent = Some(c);
+        }
+        // Fresh target first (both build a temp copy), then an existing one (both
+        // fetch in place).
+        for pass in ["fresh", "existing"] {
+            let calls: Vec<_> = (0..3).map(|_| replicate(&target, &source, &rel)).collect();
+            for (i, outcome) in futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                outcome.unwrap_or_else(|s| panic!("{rel} {pass} call {i}: {s:?}"));
+            }
+            assert_mirrors(&source, &target, &rel).await;
+        }
+    }
+    source.stop().await;
+    target.stop().await;
+}
