@@ -256,12 +256,16 @@ async fn attempt_job(
     // Exclusion (invariant: one worker per (repository, target) pair across every
     // replicator): a transaction-scoped advisory lock on a connection held for the
     // whole job. The transaction also carries the final writes, so the outcome and the
-    // release of the lock commit together.
+    // release of the lock commit together. It sits idle while the copy runs, so an
+    // `idle_in_transaction_session_timeout` set on the database or role is lifted for
+    // it: such a timeout would end every copy longer than it, release the lock and
+    // send the job round again, forever.
     let mut lock_conn = jobs.pool.get().await.map_err(pool_failure)?;
     let tx = lock_conn.transaction().await.db("begin lock transaction")?;
     let acquired: bool = tx
         .query_one(
-            "SELECT pg_try_advisory_xact_lock(hashtextextended($1::bigint::text || '/' || $2::text, 0))",
+            "SELECT pg_try_advisory_xact_lock(hashtextextended($1::bigint::text || '/' || $2::text, 0)),
+                    set_config('idle_in_transaction_session_timeout', '0', true)",
             &[&repository_id, &target],
         )
         .await

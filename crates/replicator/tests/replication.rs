@@ -634,3 +634,31 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A database that ends idle transactions quickly (an operator's
+/// `idle_in_transaction_session_timeout`) does not end the lock transaction a job
+/// holds while the copy runs: the job completes instead of going round forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_transaction_timeout_on_the_database_does_not_cut_jobs_short() {
+    let (cluster, db) = cluster_with_repository(2).await;
+    let name = &cluster.db.as_ref().unwrap().name;
+    // Far shorter than a copy (two git processes and three gRPC calls); applies to
+    // every session opened from here on, the replicator's included.
+    db.batch_execute(&format!(
+        "ALTER DATABASE \"{name}\" SET idle_in_transaction_session_timeout = '20ms'"
+    ))
+    .await
+    .unwrap();
+    let (bus, mut replicator) = replicator_for(&cluster, &[]).await;
+    let job = insert_job(&db).await;
+    bus.publish(&job).await;
+    eventually!("job done", {
+        let (state, ..) = job_row(&db, &job).await;
+        ensure!(state == "done", "state {state}");
+        Ok(())
+    });
+    assert_eq!(generation(&db, "gitaly-2").await, Some(2));
+    assert_eq!(checksum(&cluster, 0).await, checksum(&cluster, 1).await);
+    assert_eq!(replicator.terminate(&[]), Some(0));
+    bus.delete().await;
+}
