@@ -4,8 +4,10 @@
 //! Entries are loaded from Postgres on a miss and dropped when `gitcluster_metadata`
 //! names their repository (see `notifications`), or when the router changes the
 //! repository itself. NOTIFY is only a hint: when the listening connection is lost
-//! the whole cache is cleared. An entry loaded concurrently with an invalidation is
-//! not inserted (the epoch check), so a stale row can never outlive its notification.
+//! the whole cache is cleared, and until it listens again nothing is cached (every
+//! read goes to the tables), since a change made meanwhile would notify nobody. An
+//! entry loaded concurrently with an invalidation is not inserted (the epoch check),
+//! so a stale row can never outlive its notification.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -58,6 +60,8 @@ struct Entries {
     by_id: HashMap<i64, HashSet<Key>>,
     /// Bumped by every invalidation; a load started under an older epoch is dropped.
     epoch: u64,
+    /// True while the LISTEN connection is listening: only then are loads kept.
+    listening: bool,
 }
 
 /// The cache (see the module doc).
@@ -117,7 +121,7 @@ impl MetadataCache {
             replicas: storages.into_iter().zip(generations).collect(),
         });
         let mut entries = self.lock();
-        if entries.epoch == epoch {
+        if entries.listening && entries.epoch == epoch {
             entries
                 .by_id
                 .entry(meta.repository_id)
@@ -142,6 +146,26 @@ impl MetadataCache {
     /// Drops everything.
     pub fn clear(&self) {
         let mut entries = self.lock();
+        Self::drop_all(&mut entries);
+    }
+
+    /// The LISTEN connection listens (again): start from an empty cache and keep
+    /// what is loaded from here on.
+    pub fn start_listening(&self) {
+        let mut entries = self.lock();
+        Self::drop_all(&mut entries);
+        entries.listening = true;
+    }
+
+    /// The LISTEN connection is lost: drop everything and cache nothing until
+    /// [`start_listening`](Self::start_listening).
+    pub fn stop_listening(&self) {
+        let mut entries = self.lock();
+        Self::drop_all(&mut entries);
+        entries.listening = false;
+    }
+
+    fn drop_all(entries: &mut Entries) {
         entries.epoch += 1;
         entries.by_path.clear();
         entries.by_id.clear();

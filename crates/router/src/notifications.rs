@@ -2,8 +2,9 @@
 //! drop notifications) listening on `gitcluster_metadata` (drop that repository's
 //! cache entries) and `gitcluster_topology` (reload the topology).
 //!
-//! Notifications sent while disconnected are lost, so every (re)connect clears the
-//! metadata cache and reloads the topology before trusting notifications again.
+//! Notifications sent while disconnected are lost, so the cache keeps nothing while
+//! disconnected, and every (re)connect starts it empty and reloads the topology
+//! before trusting notifications again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +44,7 @@ pub async fn listen(
         tokio::select! {
             result = session => {
                 // Whatever happened, notifications may have been missed.
-                cache.clear();
+                cache.stop_listening();
                 if let Err(e) = result {
                     warn!(error = %format!("{e:#}"), ?delay, "metadata listener lost its connection; cache cleared, reconnecting");
                 }
@@ -95,7 +96,7 @@ async fn session(
         ))
         .await?;
     // Listening now: anything changed before this point is re-read from the tables.
-    cache.clear();
+    cache.start_listening();
     topology.reload(&client).await?;
     *delay = Duration::from_millis(100);
     info!("listening for metadata and topology changes");

@@ -433,6 +433,34 @@ async fn a_lost_listen_connection_rebuilds_the_cache_from_the_tables() {
     });
 }
 
+/// The cache keeps entries only while the LISTEN connection listens: a change made
+/// while it is down notifies nobody, so rows read meanwhile must not be kept.
+#[tokio::test]
+async fn metadata_is_cached_only_while_listening() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "c.git").await;
+    let url = &cluster.db.as_ref().expect("database").url;
+    let cache = gitcluster_router::metadata::MetadataCache::new(
+        gitcluster_router::db::pool(url).expect("pool"),
+    );
+    let get = || cache.get("default", "c.git");
+
+    // Not listening yet (as after a lost connection): read through, keep nothing.
+    assert!(get().await.expect("read").is_some());
+    assert!(cache.is_empty(), "kept a row while not listening");
+
+    cache.start_listening();
+    let first = get().await.expect("read").expect("exists");
+    assert_eq!(cache.len(), 1);
+    assert_eq!(get().await.expect("read").expect("exists"), first);
+
+    cache.stop_listening();
+    assert!(cache.is_empty(), "a lost connection drops every entry");
+    assert!(get().await.expect("read").is_some());
+    assert!(cache.is_empty(), "kept a row after the connection was lost");
+}
+
 #[tokio::test]
 async fn primary_only_header_and_repository_size_go_to_the_primary() {
     let cluster = cluster().await;
