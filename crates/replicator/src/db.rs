@@ -10,10 +10,7 @@ use tokio_postgres::error::SqlState;
 
 /// Builds the pool (connections are opened lazily, on first use).
 pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
-    let mut pg: tokio_postgres::Config = url.parse().context("parse database URL")?;
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(Duration::from_secs(5));
-    }
+    let mut pg = gitcluster_proto::service::postgres_config(url)?;
     pg.application_name("gitcluster-replicator");
     let manager = Manager::from_config(
         pg,

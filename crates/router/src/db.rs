@@ -33,9 +33,7 @@ const DELETE_REPOSITORY: &str = include_str!("queries/delete_repository.sql");
 /// # Panics
 /// Outside a Tokio runtime.
 pub fn pool(url: &str) -> anyhow::Result<Pool> {
-    let pg_config: tokio_postgres::Config = url
-        .parse()
-        .context("--database-url is not a valid PostgreSQL URL")?;
+    let pg_config = gitcluster_proto::service::postgres_config(url)?;
     let manager = Manager::from_connect(
         pg_config,
         OnRuntime(tokio::runtime::Handle::current()),
