@@ -41,6 +41,36 @@ impl TestDb {
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.url).await
     }
+
+    /// The server's `host:port` in [`url`](Self::url) (port 5432 when unset).
+    ///
+    /// # Panics
+    /// When the URL has no `scheme://authority/` shape.
+    pub fn server_address(&self) -> String {
+        let (_, host) = split_authority(&self.url);
+        if host.contains(':') {
+            host.to_owned()
+        } else {
+            format!("{host}:5432")
+        }
+    }
+
+    /// [`url`](Self::url) with the server's `host:port` replaced by `addr`, for
+    /// connections that must pass through a relay.
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        let (before, host) = split_authority(&self.url);
+        format!("{before}{addr}{}", &self.url[before.len() + host.len()..])
+    }
+}
+
+/// `(everything up to the host, host[:port])` of a `scheme://[user@]host[:port]/…` URL.
+fn split_authority(url: &str) -> (&str, &str) {
+    let start = url.find("://").expect("scheme") + 3;
+    let end = start + url[start..].find('/').expect("path");
+    let host_start = url[start..end]
+        .rfind('@')
+        .map_or(start, |at| start + at + 1);
+    (&url[..host_start], &url[host_start..end])
 }
 
 impl Drop for TestDb {
@@ -88,4 +118,32 @@ pub fn replace_db(url: &str, db: &str) -> String {
     };
     let host_part = base.rsplit_once('/').map_or(base, |(h, _)| h);
     format!("{host_part}/{db}{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_address_is_found_and_replaced() {
+        let db = TestDb {
+            name: "t".into(),
+            url: "postgres://postgres@127.0.0.1:5432/t?sslmode=disable".into(),
+        };
+        assert_eq!(db.server_address(), "127.0.0.1:5432");
+        let relay: std::net::SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+        assert_eq!(
+            db.url_via(relay),
+            "postgres://postgres@127.0.0.1:4000/t?sslmode=disable"
+        );
+        let bare = TestDb {
+            name: "t".into(),
+            url: "postgres://db.example/t".into(),
+        };
+        assert_eq!(bare.server_address(), "db.example:5432");
+        assert_eq!(bare.url_via(relay), "postgres://127.0.0.1:4000/t");
+        // Not dropped: the database does not exist.
+        std::mem::forget(db);
+        std::mem::forget(bare);
+    }
 }

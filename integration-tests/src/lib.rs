@@ -12,6 +12,7 @@
 pub mod bus;
 pub mod db;
 pub mod git;
+pub mod relay;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};

@@ -5,6 +5,12 @@
 //! Notifications sent while disconnected are lost, so the cache keeps nothing while
 //! disconnected, and every (re)connect starts it empty and reloads the topology
 //! before trusting notifications again.
+//!
+//! A LISTEN connection only ever receives, so a server that vanished without closing
+//! the socket would look like a quiet one for as long as TCP takes to give up, with
+//! the cache trusted all along. So the listener asks `SELECT 1` every
+//! [`HEARTBEAT_INTERVAL`] and treats a reply missing for [`HEARTBEAT_TIMEOUT`] as a
+//! lost connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +31,11 @@ pub const LISTENER_APPLICATION_NAME: &str = "gitcluster-router-listener";
 
 /// Channel notified when storages or virtual storages change.
 pub const TOPOLOGY_CHANNEL: &str = "gitcluster_topology";
+
+/// How often the LISTEN connection is checked with a query.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the check's reply may take before the connection counts as lost.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(serde::Deserialize)]
 struct MetadataChange {
@@ -65,17 +76,16 @@ async fn session(
     topology: &TopologyHandle,
     delay: &mut Duration,
 ) -> anyhow::Result<()> {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
+    let mut config = gitcluster_proto::service::postgres_config(url)?;
     // So operators (and tests) can find this connection in pg_stat_activity.
     if config.get_application_name().is_none() {
         config.application_name(LISTENER_APPLICATION_NAME);
     }
     let (client, mut connection) = config.connect(NoTls).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let pump = tokio::spawn(async move {
+    // Aborted on every way out: a connection given up on (heartbeat) must not stay
+    // open behind our back.
+    let pump = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
@@ -89,7 +99,7 @@ async fn session(
             }
         }
         Ok(())
-    });
+    }));
     client
         .batch_execute(&format!(
             "LISTEN {METADATA_CHANNEL}; LISTEN {TOPOLOGY_CHANNEL}"
@@ -100,7 +110,23 @@ async fn session(
     topology.reload(&client).await?;
     *delay = Duration::from_millis(100);
     info!("listening for metadata and topology changes");
-    while let Some(n) = rx.recv().await {
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.reset();
+    loop {
+        let n = tokio::select! {
+            n = rx.recv() => match n {
+                Some(n) => n,
+                None => break,
+            },
+            _ = heartbeat.tick() => {
+                match tokio::time::timeout(HEARTBEAT_TIMEOUT, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => return Err(anyhow::Error::new(e).context("heartbeat query failed")),
+                    Err(_) => anyhow::bail!("heartbeat query unanswered for {HEARTBEAT_TIMEOUT:?}"),
+                }
+            }
+        };
         match n.channel() {
             METADATA_CHANNEL => match serde_json::from_str::<MetadataChange>(n.payload()) {
                 Ok(change) => {

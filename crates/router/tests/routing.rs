@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use gitcluster_integration_tests::bus::queue_depth;
+use gitcluster_integration_tests::relay::Relay;
 use gitcluster_integration_tests::{Cluster, eventually, metric_sum};
 use gitcluster_proto::auth::BearerToken;
 use gitcluster_proto::jobs::BusNames;
@@ -431,6 +432,86 @@ async fn a_lost_listen_connection_rebuilds_the_cache_from_the_tables() {
         );
         Ok(())
     });
+}
+
+/// A LISTEN connection whose server went silent without closing the socket is
+/// noticed by the heartbeat and replaced; notifications lost on it cannot keep a
+/// stale cache alive.
+#[tokio::test]
+async fn a_silently_dead_listen_connection_is_replaced_and_the_cache_rebuilt() {
+    let cluster = cluster().await;
+    let test_db = cluster.db.as_ref().expect("database");
+    let relay = Relay::start(&test_db.server_address());
+    let router = TestRouter::start(
+        &cluster,
+        Options {
+            database_url: Some(test_db.url_via(relay.addr)),
+            ..Options::default()
+        },
+    )
+    .await;
+    create(&router, "h.git").await;
+    read(&router, "h.git", false)
+        .await
+        .expect("read fills the cache");
+    let client = db(&cluster).await;
+    let listener_port = || async {
+        client
+            .query(
+                "SELECT client_port FROM pg_stat_activity \
+                 WHERE application_name = $1 AND datname = current_database()",
+                &[&gitcluster_router::notifications::LISTENER_APPLICATION_NAME],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .iter()
+            .map(|r| r.get::<_, i32>(0))
+            .collect::<Vec<_>>()
+    };
+    let ports = listener_port().await;
+    assert_eq!(ports.len(), 1, "exactly one LISTEN connection: {ports:?}");
+    let frozen = ports[0];
+    assert!(
+        relay.freeze(u16::try_from(frozen).expect("port")),
+        "the LISTEN connection passes through the relay"
+    );
+
+    // gitaly-2 falls behind; the notification goes to the frozen connection.
+    let (id, _, _, _) = record(&cluster, "h.git").await.expect("record");
+    client
+        .batch_execute(&format!(
+            "BEGIN; \
+             UPDATE repositories SET generation = 1 WHERE repository_id = {id}; \
+             UPDATE storage_repositories SET generation = 1 \
+             WHERE repository_id = {id} AND storage <> 'gitaly-2'; COMMIT;"
+        ))
+        .await
+        .expect("change");
+
+    eventually!("a new LISTEN connection replaces the silent one", {
+        let ports = listener_port().await;
+        anyhow::ensure!(ports.iter().any(|p| *p != frozen), "still only {ports:?}");
+        Ok(())
+    });
+    eventually!("reads avoid the outdated replica", {
+        let before = reads_on(&router.metrics().await, "gitaly-2");
+        for _ in 0..30 {
+            read(&router, "h.git", false).await?;
+        }
+        let after = reads_on(&router.metrics().await, "gitaly-2");
+        anyhow::ensure!(
+            after == before,
+            "gitaly-2 still served {} reads",
+            after - before
+        );
+        Ok(())
+    });
+    assert!(
+        router
+            .log()
+            .contains("metadata listener lost its connection"),
+        "the router says why it reconnected"
+    );
 }
 
 /// The cache keeps entries only while the LISTEN connection listens: a change made

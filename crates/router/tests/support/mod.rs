@@ -39,6 +39,8 @@ pub struct Options {
     pub serve_threads: Option<usize>,
     /// `--name`; `test-router` when `None`.
     pub name: Option<String>,
+    /// `DATABASE_URL`; the cluster's database when `None`.
+    pub database_url: Option<String>,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
             amqp_url: amqp_url(),
             serve_threads: None,
             name: None,
+            database_url: None,
         }
     }
 }
@@ -80,7 +83,13 @@ impl TestRouter {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
-            .env("DATABASE_URL", &cluster.db.as_ref().expect("database").url)
+            .env(
+                "DATABASE_URL",
+                options
+                    .database_url
+                    .as_deref()
+                    .unwrap_or(&cluster.db.as_ref().expect("database").url),
+            )
             .env("GITCLUSTER_ROUTER_TOKEN", &cluster.external_token)
             .env("GITCLUSTER_INTERNAL_TOKEN", &cluster.token)
             .stdin(Stdio::null())
