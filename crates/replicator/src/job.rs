@@ -4,7 +4,10 @@
 //!
 //! The protocol, for delivery of job J about (repository R, target T), attempt n:
 //! 1. Malformed body → dead-letter it with the parse error, ack (never loop on poison).
-//! 2. Row J missing (R deleted, cascade) or `done`/`dead` → ack (`duplicate`).
+//! 2. Row J missing (R deleted, cascade) or `done` → ack (`duplicate`). Row `dead` →
+//!    the message goes to the dead-letter queue (again), then ack (`duplicate`): the
+//!    row commits before the dead-lettering, so a delivery nacked after a failed
+//!    dead-letter publish must not simply be dropped when it comes back.
 //! 3. Exclusion: `pg_try_advisory_xact_lock(hash(R/T))` on a pooled connection whose
 //!    transaction stays open until the job ends, so across every replicator process
 //!    one (R, T) pair is replicated by one worker at a time. Busy → the same message
@@ -109,6 +112,10 @@ enum Step {
     Requeue(String),
     /// The attempt failed and is recorded as `failed` or `dead`.
     Failed { error: String, fate: AfterFailure },
+    /// The row already says `dead` (with this error): the message goes to the
+    /// dead-letter queue again rather than being dropped, because the dead-lettering
+    /// that followed the row's update may have failed (the row commits first).
+    AlreadyDead(String),
 }
 
 /// Why an attempt did not succeed.
@@ -238,9 +245,8 @@ async fn attempt_job(
         return Ok(Step::Ack(Outcome::Duplicate));
     };
     let state: String = row.get("state");
-    if matches!(state.as_str(), "done" | "dead") {
-        debug!(state, "job already finished");
-        return Ok(Step::Ack(Outcome::Duplicate));
+    if let Some(step) = finished(&state, row.get("error")) {
+        return Ok(step);
     }
     let repository_id: i64 = row.get("repository_id");
     let target: String = row.get("target_storage");
@@ -276,17 +282,21 @@ async fn attempt_job(
         return Ok(Step::Busy);
     }
     // Re-read under the lock: the holder we waited out may have finished this very job.
-    let state: Option<String> = tx
+    let again = tx
         .query_opt(
-            "SELECT state::text FROM replication_jobs WHERE id = $1",
+            "SELECT state::text, error FROM replication_jobs WHERE id = $1",
             &[&id],
         )
         .await
-        .db("re-read job")?
-        .map(|r| r.get(0));
-    if !matches!(state.as_deref(), Some(s) if s != "done" && s != "dead") {
+        .db("re-read job")?;
+    let step = match again {
+        Some(row) => finished(row.get(0), row.get(1)),
+        // Deleted meanwhile (with its repository): nothing left to do.
+        None => Some(Step::Ack(Outcome::Duplicate)),
+    };
+    if let Some(step) = step {
         tx.commit().await.db("commit lock transaction")?;
-        return Ok(Step::Ack(Outcome::Duplicate));
+        return Ok(step);
     }
 
     // Autocommit on another connection: operators see `in_progress` while it runs.
@@ -371,6 +381,21 @@ async fn attempt_job(
     tx.commit().await.db("commit job outcome")?;
     metrics::histogram!(LATENCY_METRIC).record(started.elapsed().as_secs_f64());
     Ok(step)
+}
+
+/// What to do with a delivery whose job row is already in a final state: `None`
+/// while the job still has to run.
+fn finished(state: &str, error: Option<String>) -> Option<Step> {
+    match state {
+        "done" => {
+            debug!("job already done");
+            Some(Step::Ack(Outcome::Duplicate))
+        }
+        "dead" => Some(Step::AlreadyDead(
+            error.unwrap_or_else(|| "dead before this delivery".into()),
+        )),
+        _ => None,
+    }
 }
 
 /// The replica a job changes.
@@ -587,6 +612,16 @@ async fn finish(
                 Some(Outcome::Dead)
             }
         },
+        Step::AlreadyDead(error) => {
+            warn!(error = %error, "delivery of a dead job; dead-lettering it again");
+            let envelope = Envelope {
+                attempt,
+                traceparent,
+                error: Some(&error),
+            };
+            republish_then_ack(publisher, delivery, job, Destination::Dead, envelope).await;
+            Some(Outcome::Duplicate)
+        }
     }
 }
 

@@ -517,6 +517,36 @@ async fn unreachable_target_retries_with_growing_delays_then_is_dead_lettered() 
     assert_eq!(replicator.jobs("failed").await, 2.0);
     assert_eq!(replicator.jobs("dead").await, 1.0);
 
+    // A delivery of the dead job (a failed dead-letter publish nacked it back, or
+    // someone published it again) is never just acked: it goes to the dead-letter
+    // queue again, with the row's error, and the row stays dead.
+    bus.publish(&job).await;
+    let again = eventually!("dead job dead-lettered again", {
+        let got = bus
+            .channel()
+            .basic_get(
+                bus.names.dead_letter().as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await?;
+        got.context("dead-letter queue empty")
+    });
+    assert_eq!(
+        bus::header_str(&again.delivery.properties, ERROR_HEADER).as_deref(),
+        Some(error.as_str())
+    );
+    let body: ReplicationJob = serde_json::from_slice(&again.delivery.data).unwrap();
+    assert_eq!(body, job);
+    again
+        .delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(job_row(&db, &job).await.0, "dead");
+    assert_eq!(replicator.jobs("duplicate").await, 1.0);
+    assert_eq!(replicator.jobs("dead").await, 1.0, "counted dead once");
+
     assert_eq!(
         replicator.terminate(&["replication job dead after its last attempt"]),
         Some(0)

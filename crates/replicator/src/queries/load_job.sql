@@ -6,6 +6,7 @@ SELECT j.state::text      AS state,
        j.source_storage   AS source_storage,
        j.target_storage   AS target_storage,
        j.repository_id    AS repository_id,
+       j.error            AS error,
        r.replica_path     AS replica_path
 FROM replication_jobs j
 JOIN repositories r USING (repository_id)
