@@ -99,6 +99,9 @@ impl Outcome {
     }
 }
 
+/// How long a delivery whose republish failed is held before it is nacked back.
+const REPUBLISH_FAILED_PAUSE: Duration = Duration::from_millis(200);
+
 /// What the bus must do once Postgres says how the attempt went.
 #[derive(Debug)]
 enum Step {
@@ -635,8 +638,11 @@ async fn republish_then_ack(
     match publisher.publish(job, destination, envelope).await {
         Ok(()) => ack(delivery).await,
         Err(e) => {
-            // The message must never be lost: give it back to its queue.
+            // The message must never be lost: give it back to its queue. After a
+            // pause: it comes straight back, and until the supervisor has rebuilt a
+            // broken publisher channel every attempt would fail the same way.
             warn!(error = %e, ?destination, "republish failed, requeueing the delivery");
+            tokio::time::sleep(REPUBLISH_FAILED_PAUSE).await;
             nack(&delivery.acker).await;
         }
     }

@@ -1,7 +1,9 @@
 //! The AMQP side: one connection, one confirm-mode publisher channel, and one channel
 //! with one consumer per target queue (prefetch set before consuming, manual acks);
-//! and the supervisor that rebuilds all of it when the connection dies and starts
-//! consumers for storages added to the topology.
+//! and the supervisor that rebuilds all of it when the connection dies, or when the
+//! broker closes the publisher channel (every retry and dead-letter publish would
+//! fail, and each failure sends its delivery straight back), and starts consumers
+//! for storages added to the topology.
 //!
 //! lapin's own auto-recovery is not used: a rebuilt session re-declares the topology
 //! and resubscribes from scratch, and deliveries unacked on the dead connection come
@@ -83,7 +85,10 @@ impl Session {
     }
 
     /// Makes the consumers match `targets`: restarts those whose stream ended, starts
-    /// missing ones, cancels those of storages removed from the topology.
+    /// missing ones, cancels those of storages removed from the topology. A target
+    /// whose consumer cannot start (its queue declared elsewhere with other
+    /// arguments, say) does not keep the others from starting; the first such error is
+    /// returned after all were tried.
     async fn ensure(
         &mut self,
         shared: &Arc<Shared>,
@@ -103,13 +108,22 @@ impl Session {
                 stop_consumer(h).await;
             }
         }
+        let mut first_error = None;
         for t in targets {
             if !self.consumers.contains_key(t) {
-                let h = self.start_consumer(shared, t).await?;
-                self.consumers.insert(t.clone(), h);
+                match self.start_consumer(shared, t).await {
+                    Ok(h) => {
+                        self.consumers.insert(t.clone(), h);
+                    }
+                    Err(e) => {
+                        warn!(storage = %t.storage, virtual_storage = %t.virtual_storage, error = %e,
+                            "cannot consume this storage's queue, retrying");
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn start_consumer(
@@ -361,6 +375,24 @@ pub async fn supervise(
             if !session.connection.status().connected() {
                 warn!("amqp connection lost, reconnecting");
                 ready.set(false);
+                break;
+            }
+            if !session.publisher.channel().status().connected() {
+                // A channel error (a publish to an exchange deleted meanwhile, say)
+                // closes only that channel. The whole session is rebuilt, which also
+                // re-declares the exchanges; the consumers' unacked deliveries go back
+                // to their queues with the old connection.
+                warn!("amqp publisher channel closed by the broker, rebuilding the session");
+                ready.set(false);
+                let close = session
+                    .connection
+                    .close(200, "publisher channel lost".into());
+                if tokio::time::timeout(Duration::from_secs(5), close)
+                    .await
+                    .is_err()
+                {
+                    debug!("closing the amqp connection timed out");
+                }
                 break;
             }
         }

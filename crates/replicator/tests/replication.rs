@@ -554,6 +554,63 @@ async fn unreachable_target_retries_with_growing_delays_then_is_dead_lettered() 
     bus.delete().await;
 }
 
+/// The broker closes the publisher channel alone (here: a retry publish to an exchange
+/// deleted meanwhile): the replicator rebuilds its session, which declares the
+/// exchanges again, and a failing job still walks its retries to the dead-letter
+/// queue instead of going round its first attempt forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_channel_closed_by_the_broker_is_rebuilt_and_retries_flow_again() {
+    let (mut cluster, db) = cluster_with_repository(1).await;
+    cluster.storages[1].member.kill();
+    let (bus, mut replicator) =
+        replicator_for(&cluster, &["--max-attempts=2", "--job-timeout-secs=10"]).await;
+    for delay in DELAYS {
+        bus.channel()
+            .exchange_delete(
+                bus.names.retry_exchange(delay).as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+            .expect("delete a retry exchange");
+    }
+
+    let job = insert_job(&db).await;
+    bus.publish(&job).await;
+    let dead = eventually!("job dead-lettered", {
+        let got = bus
+            .channel()
+            .basic_get(
+                bus.names.dead_letter().as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await?;
+        got.context("dead-letter queue empty")
+    });
+    assert_eq!(bus::attempt_of(&dead.delivery.properties), 2);
+    dead.delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    let (state, attempts, ..) = job_row(&db, &job).await;
+    assert_eq!((state.as_str(), attempts), ("dead", 2));
+    assert!(
+        replicator
+            .log()
+            .contains("amqp publisher channel closed by the broker"),
+        "the replicator says why it rebuilt its session"
+    );
+    assert_eq!(
+        replicator.terminate(&[
+            "replication job dead after its last attempt",
+            // lapin's own report of the broker closing the channel.
+            "Channel closed",
+        ]),
+        Some(0)
+    );
+    bus.delete().await;
+}
+
 /// The broker closes the replicator's connection (an operator in the management UI,
 /// or a broker restart): the replicator reconnects, consumes again on a new
 /// connection, and a job published afterwards is replicated.
