@@ -189,22 +189,73 @@ async fn insert_jobs(
     Ok(())
 }
 
+/// Pauses before the second, third and fourth attempt at recording a write.
+pub const FINALIZE_RETRY_PAUSES: [Duration; 3] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+
+/// Why one attempt at recording a write failed.
+enum Unrecorded {
+    /// The repository was deleted while the write ran: nothing to record, ever.
+    Deleted,
+    /// The database failed (connection lost, pool exhausted, a statement error).
+    Failed(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Unrecorded {
+    fn from(e: E) -> Self {
+        Unrecorded::Failed(e.into())
+    }
+}
+
 /// Records a write the primary applied: generation + 1 on the primary and one
 /// `update` job per other assigned storage, in one transaction so a recorded
 /// generation always comes with the jobs that will spread it. Returns the jobs to
 /// publish after commit.
+///
+/// A database failure is retried after each of [`FINALIZE_RETRY_PAUSES`] (about
+/// 4 s in all, on top of the pool's own timeouts): the write is already on the
+/// primary, and an unrecorded write is one the replicas never follow. Repeating is
+/// safe: a rolled-back attempt left nothing, and one whose commit did land but was
+/// not confirmed costs one more generation and duplicate jobs, both harmless.
 pub async fn finalize_write(
     pool: &Pool,
     ctx: &JobContext,
     primary: &str,
 ) -> anyhow::Result<Vec<ReplicationJob>> {
+    let mut pauses = FINALIZE_RETRY_PAUSES.iter();
+    loop {
+        match record_write(pool, ctx, primary).await {
+            Ok(jobs) => return Ok(jobs),
+            Err(Unrecorded::Deleted) => anyhow::bail!("repository was deleted during the write"),
+            Err(Unrecorded::Failed(error)) => match pauses.next() {
+                Some(pause) => {
+                    warn!(repository_id = ctx.repository_id, error = %format!("{error:#}"), ?pause,
+                        "cannot record a write yet; retrying");
+                    tokio::time::sleep(*pause).await;
+                }
+                None => return Err(error),
+            },
+        }
+    }
+}
+
+async fn record_write(
+    pool: &Pool,
+    ctx: &JobContext,
+    primary: &str,
+) -> Result<Vec<ReplicationJob>, Unrecorded> {
     let mut client = pool.get().await.context("get database connection")?;
     let tx = client.transaction().await.context("begin transaction")?;
     let row = tx
         .query_opt(BUMP_GENERATION, &[&ctx.repository_id, &primary])
         .await
         .context("bump generation")?;
-    anyhow::ensure!(row.is_some(), "repository was deleted during the write");
+    if row.is_none() {
+        return Err(Unrecorded::Deleted);
+    }
     let targets: Vec<String> = tx
         .query(
             WRITE_TARGETS,

@@ -70,6 +70,81 @@ async fn create_with_main(cluster: &Cluster, router: &TestRouter, path: &str) ->
     }
 }
 
+/// A database failure while the router records a write the primary applied is
+/// retried: the client gets OK only once the generation and the jobs are recorded.
+#[tokio::test]
+async fn a_write_is_recorded_even_when_the_database_fails_at_first() {
+    let cluster = cluster().await;
+    let router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "f.git").await;
+    let (id, replica_path, primary, _) = record(&cluster, "f.git").await.expect("record");
+    let primary_index = STORAGES
+        .iter()
+        .position(|s| *s == primary)
+        .expect("primary");
+    let oid = seed_commit(&replica_dir(&cluster, primary_index, &replica_path));
+    let client = db(&cluster).await;
+    // Every generation bump fails while `fail_bump` has a row.
+    client
+        .batch_execute(
+            "CREATE TABLE fail_bump (armed boolean); \
+             CREATE FUNCTION fail_bump() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF EXISTS (SELECT FROM fail_bump) THEN RAISE EXCEPTION 'injected failure'; \
+             END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER fail_bump BEFORE UPDATE OF generation ON repositories \
+             FOR EACH ROW EXECUTE FUNCTION fail_bump(); \
+             INSERT INTO fail_bump VALUES (true);",
+        )
+        .await
+        .expect("arm the failure");
+
+    let mut refs = router.ref_client().await;
+    let write = tokio::spawn(async move {
+        refs.update_references(UpdateReferencesRequest {
+            repository: Some(repo("f.git")),
+            updates: vec![Update {
+                reference: "refs/heads/main".into(),
+                old_oid: String::new(),
+                new_oid: oid,
+            }],
+        })
+        .await
+    });
+    eventually!("the router retries recording the write", {
+        anyhow::ensure!(
+            router.log().contains("cannot record a write yet; retrying"),
+            "no retry yet"
+        );
+        Ok(())
+    });
+    assert!(
+        !write.is_finished(),
+        "the client has no answer before the record"
+    );
+    client
+        .batch_execute("DELETE FROM fail_bump")
+        .await
+        .expect("disarm");
+    write
+        .await
+        .expect("join")
+        .expect("the write succeeds once recorded");
+    let (_, _, _, generation) = record(&cluster, "f.git").await.expect("record");
+    assert_eq!(generation, 1);
+    for (storage, g) in generations(&cluster, id).await {
+        assert_eq!(g, i64::from(storage == primary), "{storage}");
+    }
+    let jobs: i64 = client
+        .query_one(
+            "SELECT count(*) FROM replication_jobs WHERE repository_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("jobs")
+        .get(0);
+    assert_eq!(jobs, 2, "one job per other replica");
+}
+
 #[tokio::test]
 async fn create_makes_three_replicas_at_generation_zero_on_the_derived_path() {
     let cluster = cluster().await;
