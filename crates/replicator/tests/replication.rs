@@ -56,7 +56,22 @@ async fn replicator_for(cluster: &Cluster, extra: &[&str]) -> (Bus, Replicator) 
 }
 
 impl Replicator {
+    /// Starts a replicator and waits until it is ready (`/healthz`).
     async fn start(
+        db_url: &str,
+        prefix: &str,
+        token: &str,
+        dir: &Path,
+        delays: &[u64],
+        extra: &[&str],
+    ) -> Replicator {
+        let mut r = Replicator::spawn(db_url, prefix, token, dir, delays, extra);
+        r.wait_for("/healthz").await;
+        r
+    }
+
+    /// Starts a replicator without waiting for anything.
+    fn spawn(
         db_url: &str,
         prefix: &str,
         token: &str,
@@ -85,17 +100,22 @@ impl Replicator {
             .stderr(file)
             .spawn()
             .expect("spawn replicator");
-        let mut r = Replicator {
+        Replicator {
             child: Some(child),
             log,
             metrics: ([127, 0, 0, 1], port).into(),
-        };
+        }
+    }
+
+    /// Waits until `path` on the admin port answers 200.
+    async fn wait_for(&mut self, path: &str) {
+        let r = self;
         let deadline = Instant::now() + patience();
         loop {
             if let Ok(Some(status)) = r.child.as_mut().unwrap().try_wait() {
                 panic!("replicator exited during start-up: {status}\n{}", r.log());
             }
-            if let Ok((200, _)) = http_get(r.metrics, "/healthz").await {
+            if let Ok((200, _)) = http_get(r.metrics, path).await {
                 break;
             }
             assert!(
@@ -105,7 +125,6 @@ impl Replicator {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        r
     }
 
     fn log(&self) -> String {
@@ -551,6 +570,64 @@ async fn unreachable_target_retries_with_growing_delays_then_is_dead_lettered() 
         replicator.terminate(&["replication job dead after its last attempt"]),
         Some(0)
     );
+    bus.delete().await;
+}
+
+/// A target queue the replicator cannot consume (here: declared beforehand with
+/// other arguments) stops only that storage's jobs: the other storages' consumers
+/// start and their jobs run, and `/healthz` says the replicator is not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unusable_queue_does_not_stop_the_other_storages() {
+    let (cluster, db) = cluster_with_repository(3).await;
+    let bus = Bus::new(&DELAYS).await;
+    // gitaly-1 sorts first: before, its failure kept gitaly-2's consumer from starting.
+    let bad = bus.names.replication_queue(VS, "gitaly-1");
+    bus.channel()
+        .queue_delete(bad.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    bus.channel()
+        .queue_declare(
+            bad.as_str().into(),
+            QueueDeclareOptions {
+                durable: false,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut replicator = Replicator::spawn(
+        &cluster.db.as_ref().expect("database").url,
+        &bus.prefix(),
+        &cluster.token,
+        cluster.dir(),
+        &DELAYS,
+        &[],
+    );
+    replicator.wait_for("/metrics").await;
+
+    let job = insert_job(&db).await;
+    assert_eq!(job.target_storage, "gitaly-2");
+    bus.publish(&job).await;
+    eventually!("gitaly-2's job done", {
+        let (state, ..) = job_row(&db, &job).await;
+        ensure!(state == "done", "state {state}");
+        Ok(())
+    });
+    assert_eq!(generation(&db, "gitaly-2").await, Some(3));
+    let (code, _) = http_get(replicator.metrics, "/healthz").await.unwrap();
+    assert_eq!(
+        code, 503,
+        "not ready while a storage's queue cannot be consumed"
+    );
+    assert!(
+        replicator
+            .log()
+            .contains("cannot consume this storage's queue"),
+        "the replicator names the storage it cannot serve"
+    );
+    assert_eq!(replicator.terminate(&["Channel closed"]), Some(0));
     bus.delete().await;
 }
 
