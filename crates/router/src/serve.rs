@@ -27,8 +27,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tracing::warn;
+use tracing::{info, warn};
 
 /// Gauge: client connections open on each serving thread (`thread` = its index), so
 /// an operator can see how connections are spread.
@@ -37,6 +38,25 @@ pub const CONNECTIONS_METRIC: &str = "gitcluster_router_client_connections";
 thread_local! {
     /// 1 + the index of the serving thread running here; 0 elsewhere.
     static SLOT: Cell<usize> = const { Cell::new(0) };
+    /// Tasks a call leaves behind that must finish before this thread's runtime is
+    /// dropped (see [`spawn_tracked`]).
+    static LEFT_BEHIND: TaskTracker = TaskTracker::new();
+}
+
+/// Longest wait, at shutdown, for the tasks calls left behind on a serving thread.
+const LEFT_BEHIND_GRACE: Duration = Duration::from_secs(120);
+
+/// Spawns `task` on the current runtime, and on a serving thread keeps that thread's
+/// runtime alive until it ends. A call's relay task outlives its client (it aborts
+/// the upstream call and still records a write the primary applied); dropping the
+/// runtime at shutdown, once the clients are gone, would cancel it half-way.
+pub fn spawn_tracked<F>(task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    LEFT_BEHIND.with(|tracker| {
+        tracker.spawn(task);
+    });
 }
 
 /// Per-thread state index of the current thread: `1..=n` on the serving threads, `0`
@@ -206,13 +226,31 @@ fn serve_thread(
                 Some((stream, incoming))
             }
         });
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await
-            .context("serve grpc")
+            .context("serve grpc");
+        let left_behind = LEFT_BEHIND.with(TaskTracker::clone);
+        left_behind.close();
+        if !left_behind.is_empty() {
+            info!(
+                tasks = left_behind.len(),
+                "waiting for calls whose clients have gone to finish"
+            );
+        }
+        if tokio::time::timeout(LEFT_BEHIND_GRACE, left_behind.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                tasks = left_behind.len(),
+                "calls still running after {LEFT_BEHIND_GRACE:?}; stopping anyway"
+            );
+        }
+        served
     })
 }
 

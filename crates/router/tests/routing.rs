@@ -70,6 +70,49 @@ async fn create_with_main(cluster: &Cluster, router: &TestRouter, path: &str) ->
     }
 }
 
+/// Starts setting `main` of `path` to `oid` through the router while every
+/// generation bump fails (until the test deletes the row of `fail_bump`), and returns
+/// once the router has begun retrying the record.
+async fn write_failing_to_record(
+    router: &TestRouter,
+    client: &tokio_postgres::Client,
+    path: &str,
+    oid: String,
+) -> tokio::task::JoinHandle<
+    Result<tonic::Response<gitcluster_proto::v1::UpdateReferencesResponse>, tonic::Status>,
+> {
+    client
+        .batch_execute(
+            "CREATE TABLE fail_bump (armed boolean); \
+             CREATE FUNCTION fail_bump() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF EXISTS (SELECT FROM fail_bump) THEN RAISE EXCEPTION 'injected failure'; \
+             END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER fail_bump BEFORE UPDATE OF generation ON repositories \
+             FOR EACH ROW EXECUTE FUNCTION fail_bump(); \
+             INSERT INTO fail_bump VALUES (true);",
+        )
+        .await
+        .expect("arm the failure");
+    let mut refs = router.ref_client().await;
+    let request = UpdateReferencesRequest {
+        repository: Some(repo(path)),
+        updates: vec![Update {
+            reference: "refs/heads/main".into(),
+            old_oid: String::new(),
+            new_oid: oid,
+        }],
+    };
+    let write = tokio::spawn(async move { refs.update_references(request).await });
+    eventually!("the router retries recording the write", {
+        anyhow::ensure!(
+            router.log().contains("cannot record a write yet; retrying"),
+            "no retry yet"
+        );
+        Ok(())
+    });
+    write
+}
+
 /// A database failure while the router records a write the primary applied is
 /// retried: the client gets OK only once the generation and the jobs are recorded.
 #[tokio::test]
@@ -84,39 +127,7 @@ async fn a_write_is_recorded_even_when_the_database_fails_at_first() {
         .expect("primary");
     let oid = seed_commit(&replica_dir(&cluster, primary_index, &replica_path));
     let client = db(&cluster).await;
-    // Every generation bump fails while `fail_bump` has a row.
-    client
-        .batch_execute(
-            "CREATE TABLE fail_bump (armed boolean); \
-             CREATE FUNCTION fail_bump() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN IF EXISTS (SELECT FROM fail_bump) THEN RAISE EXCEPTION 'injected failure'; \
-             END IF; RETURN NEW; END $$; \
-             CREATE TRIGGER fail_bump BEFORE UPDATE OF generation ON repositories \
-             FOR EACH ROW EXECUTE FUNCTION fail_bump(); \
-             INSERT INTO fail_bump VALUES (true);",
-        )
-        .await
-        .expect("arm the failure");
-
-    let mut refs = router.ref_client().await;
-    let write = tokio::spawn(async move {
-        refs.update_references(UpdateReferencesRequest {
-            repository: Some(repo("f.git")),
-            updates: vec![Update {
-                reference: "refs/heads/main".into(),
-                old_oid: String::new(),
-                new_oid: oid,
-            }],
-        })
-        .await
-    });
-    eventually!("the router retries recording the write", {
-        anyhow::ensure!(
-            router.log().contains("cannot record a write yet; retrying"),
-            "no retry yet"
-        );
-        Ok(())
-    });
+    let write = write_failing_to_record(&router, &client, "f.git", oid).await;
     assert!(
         !write.is_finished(),
         "the client has no answer before the record"
@@ -134,6 +145,56 @@ async fn a_write_is_recorded_even_when_the_database_fails_at_first() {
     for (storage, g) in generations(&cluster, id).await {
         assert_eq!(g, i64::from(storage == primary), "{storage}");
     }
+    let jobs: i64 = client
+        .query_one(
+            "SELECT count(*) FROM replication_jobs WHERE repository_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("jobs")
+        .get(0);
+    assert_eq!(jobs, 2, "one job per other replica");
+}
+
+/// SIGTERM while the record of a write is still being retried and its client has
+/// gone: the router finishes recording before it exits, so the replicas will follow
+/// the write the primary applied.
+#[tokio::test]
+async fn a_write_whose_client_has_gone_is_still_recorded_across_sigterm() {
+    let cluster = cluster().await;
+    let mut router = TestRouter::start(&cluster, Options::default()).await;
+    create(&router, "g.git").await;
+    let (id, replica_path, primary, _) = record(&cluster, "g.git").await.expect("record");
+    let primary_index = STORAGES
+        .iter()
+        .position(|s| *s == primary)
+        .expect("primary");
+    let oid = seed_commit(&replica_dir(&cluster, primary_index, &replica_path));
+    let client = db(&cluster).await;
+    let write = write_failing_to_record(&router, &client, "g.git", oid).await;
+    // The client goes away (its connection closes), then the router is told to stop.
+    write.abort();
+    let _ = write.await;
+    router.sigterm();
+    eventually!("the router waits for the write's record", {
+        anyhow::ensure!(
+            router
+                .log()
+                .contains("waiting for calls whose clients have gone to finish"),
+            "not waiting"
+        );
+        Ok(())
+    });
+    client
+        .batch_execute("DELETE FROM fail_bump")
+        .await
+        .expect("disarm");
+    assert!(router.exit_status().await.success());
+    let (_, _, _, generation) = record(&cluster, "g.git").await.expect("record");
+    assert_eq!(
+        generation, 1,
+        "the write was recorded before the router exited"
+    );
     let jobs: i64 = client
         .query_one(
             "SELECT count(*) FROM replication_jobs WHERE repository_id = $1",

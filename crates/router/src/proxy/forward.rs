@@ -171,7 +171,7 @@ pub fn relay(
 ) -> tonic::Response<ReplyStream> {
     let (metadata, upstream, _) = response.into_parts();
     let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(pump(upstream, tx, abort, finalizer));
+    crate::serve::spawn_tracked(pump(upstream, tx, abort, finalizer));
     let stream: ReplyStream = Box::pin(Relay { rx, done: false });
     tonic::Response::from_parts(sanitize(metadata), stream, Default::default())
 }

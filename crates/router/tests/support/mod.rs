@@ -182,12 +182,22 @@ impl TestRouter {
 
     /// Sends SIGTERM and waits (at most the harness's patience) for the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.exit_status().await
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
         let pid = self.child.as_ref().expect("router running").id();
         let sent = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM failed");
+    }
+
+    /// Waits (at most the harness's patience) for the router to exit.
+    pub async fn exit_status(&mut self) -> std::process::ExitStatus {
         let deadline = tokio::time::Instant::now() + patience();
         loop {
             let exited = self.child.as_mut().map(Child::try_wait);
