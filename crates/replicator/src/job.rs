@@ -167,13 +167,16 @@ pub async fn handle(jobs: Arc<Jobs>, publisher: Publisher, delivery: Delivery) {
             let reason = one_line(&format!("malformed message: {e}"));
             warn!(error = %reason, "dead-lettering a malformed replication message");
             match publish_raw_dead(&publisher, &delivery, &reason).await {
-                Ok(()) => ack(&delivery).await,
+                Ok(()) => {
+                    ack(&delivery).await;
+                    metrics::counter!(JOBS_METRIC, "outcome" => "dead").increment(1);
+                }
                 Err(e) => {
                     warn!(error = %e, "cannot dead-letter malformed message, requeueing it");
+                    tokio::time::sleep(REPUBLISH_FAILED_PAUSE).await;
                     nack(&delivery.acker).await;
                 }
             }
-            metrics::counter!(JOBS_METRIC, "outcome" => "dead").increment(1);
             return;
         }
     };
@@ -555,7 +558,8 @@ async fn delete_replica(
     Ok((Outcome::Done, None))
 }
 
-/// Does what `step` asks of the bus. Returns the outcome to count, if any.
+/// Does what `step` asks of the bus. Returns the outcome to count: none when the
+/// delivery went back to its queue (it is counted when it comes back).
 async fn finish(
     jobs: &Jobs,
     publisher: &Publisher,
@@ -580,8 +584,9 @@ async fn finish(
                 error: None,
             };
             let tier = Destination::Retry(retry::shortest(&jobs.delays));
-            republish_then_ack(publisher, delivery, job, tier, envelope).await;
-            Some(Outcome::Busy)
+            republish_then_ack(publisher, delivery, job, tier, envelope)
+                .await
+                .then_some(Outcome::Busy)
         }
         Step::Failed { error, fate } => match fate {
             AfterFailure::Retry {
@@ -601,8 +606,8 @@ async fn finish(
                     Destination::Retry(delay_ms),
                     envelope,
                 )
-                .await;
-                Some(Outcome::Failed)
+                .await
+                .then_some(Outcome::Failed)
             }
             AfterFailure::Dead => {
                 error!(error = %error, "replication job dead after its last attempt");
@@ -611,8 +616,9 @@ async fn finish(
                     traceparent,
                     error: Some(&error),
                 };
-                republish_then_ack(publisher, delivery, job, Destination::Dead, envelope).await;
-                Some(Outcome::Dead)
+                republish_then_ack(publisher, delivery, job, Destination::Dead, envelope)
+                    .await
+                    .then_some(Outcome::Dead)
             }
         },
         Step::AlreadyDead(error) => {
@@ -622,21 +628,28 @@ async fn finish(
                 traceparent,
                 error: Some(&error),
             };
-            republish_then_ack(publisher, delivery, job, Destination::Dead, envelope).await;
-            Some(Outcome::Duplicate)
+            republish_then_ack(publisher, delivery, job, Destination::Dead, envelope)
+                .await
+                .then_some(Outcome::Duplicate)
         }
     }
 }
 
+/// Publishes the job to `destination`, then acks the delivery; false when the
+/// publish failed and the delivery was nacked back to its queue instead (its outcome
+/// is then counted when it comes back, not now).
 async fn republish_then_ack(
     publisher: &Publisher,
     delivery: &Delivery,
     job: &ReplicationJob,
     destination: Destination,
     envelope: Envelope<'_>,
-) {
+) -> bool {
     match publisher.publish(job, destination, envelope).await {
-        Ok(()) => ack(delivery).await,
+        Ok(()) => {
+            ack(delivery).await;
+            true
+        }
         Err(e) => {
             // The message must never be lost: give it back to its queue. After a
             // pause: it comes straight back, and until the supervisor has rebuilt a
@@ -644,6 +657,7 @@ async fn republish_then_ack(
             warn!(error = %e, ?destination, "republish failed, requeueing the delivery");
             tokio::time::sleep(REPUBLISH_FAILED_PAUSE).await;
             nack(&delivery.acker).await;
+            false
         }
     }
 }

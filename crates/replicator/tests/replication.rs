@@ -671,6 +671,10 @@ async fn a_publisher_channel_closed_by_the_broker_is_rebuilt_and_retries_flow_ag
         .unwrap();
     let (state, attempts, ..) = job_row(&db, &job).await;
     assert_eq!((state.as_str(), attempts), ("dead", 2));
+    // Attempts whose republish failed went back to the queue and are counted when
+    // they come back, not twice.
+    assert_eq!(replicator.jobs("failed").await, 1.0);
+    assert_eq!(replicator.jobs("dead").await, 1.0);
     assert!(
         replicator
             .log()
