@@ -317,6 +317,11 @@ async fn write_files(
         remove_quietly(&staged).await;
     } else if let Err(e) = tokio::fs::rename(&staged, &current).await {
         remove_quietly(&staged).await;
+        // Put the old hooks back: a failed replication leaves the target as it was,
+        // not without hooks (best effort; the error is the install's either way).
+        if had_old && let Err(restore) = tokio::fs::rename(&old, &current).await {
+            tracing::warn!(error = %restore, "cannot restore the old custom hooks");
+        }
         return Err(io_status("install custom hooks", e));
     }
     sync_dir(Some(dir)).await;
