@@ -569,70 +569,64 @@ async fn finish(
     traceparent: Option<&str>,
     step: Step,
 ) -> Option<Outcome> {
-    match step {
+    // Every step but an ack republishes: where to, with which attempt and error, and
+    // what it counts as once acked.
+    let (destination, attempt, error, outcome) = match step {
         Step::Ack(outcome) => {
             ack(delivery).await;
-            Some(outcome)
+            return Some(outcome);
         }
-        Step::Busy | Step::Requeue(_) => {
-            if let Step::Requeue(reason) = &step {
-                warn!(error = %reason, "cannot record the job's outcome in postgres, requeueing it");
-            }
-            let envelope = Envelope {
+        Step::Busy => (
+            Destination::Retry(retry::shortest(&jobs.delays)),
+            attempt,
+            None,
+            Outcome::Busy,
+        ),
+        Step::Requeue(reason) => {
+            warn!(error = %reason, "cannot record the job's outcome in postgres, requeueing it");
+            (
+                Destination::Retry(retry::shortest(&jobs.delays)),
                 attempt,
-                traceparent,
-                error: None,
-            };
-            let tier = Destination::Retry(retry::shortest(&jobs.delays));
-            republish_then_ack(publisher, delivery, job, tier, envelope)
-                .await
-                .then_some(Outcome::Busy)
+                None,
+                Outcome::Busy,
+            )
         }
-        Step::Failed { error, fate } => match fate {
-            AfterFailure::Retry {
-                delay_ms,
+        Step::Failed {
+            error,
+            fate:
+                AfterFailure::Retry {
+                    delay_ms,
+                    next_attempt,
+                },
+        } => {
+            warn!(error = %error, delay_ms, "replication attempt failed, will retry");
+            (
+                Destination::Retry(delay_ms),
                 next_attempt,
-            } => {
-                warn!(error = %error, delay_ms, "replication attempt failed, will retry");
-                let envelope = Envelope {
-                    attempt: next_attempt,
-                    traceparent,
-                    error: Some(&error),
-                };
-                republish_then_ack(
-                    publisher,
-                    delivery,
-                    job,
-                    Destination::Retry(delay_ms),
-                    envelope,
-                )
-                .await
-                .then_some(Outcome::Failed)
-            }
-            AfterFailure::Dead => {
-                error!(error = %error, "replication job dead after its last attempt");
-                let envelope = Envelope {
-                    attempt,
-                    traceparent,
-                    error: Some(&error),
-                };
-                republish_then_ack(publisher, delivery, job, Destination::Dead, envelope)
-                    .await
-                    .then_some(Outcome::Dead)
-            }
-        },
+                Some(error),
+                Outcome::Failed,
+            )
+        }
+        Step::Failed {
+            error,
+            fate: AfterFailure::Dead,
+        } => {
+            error!(error = %error, "replication job dead after its last attempt");
+            (Destination::Dead, attempt, Some(error), Outcome::Dead)
+        }
         Step::AlreadyDead(error) => {
             warn!(error = %error, "delivery of a dead job; dead-lettering it again");
-            let envelope = Envelope {
-                attempt,
-                traceparent,
-                error: Some(&error),
-            };
-            republish_then_ack(publisher, delivery, job, Destination::Dead, envelope)
-                .await
-                .then_some(Outcome::Duplicate)
+            (Destination::Dead, attempt, Some(error), Outcome::Duplicate)
         }
-    }
+    };
+    let envelope = Envelope {
+        attempt,
+        traceparent,
+        error: error.as_deref(),
+    };
+    republish_then_ack(publisher, delivery, job, destination, envelope)
+        .await
+        .then_some(outcome)
 }
 
 /// Publishes the job to `destination`, then acks the delivery; false when the

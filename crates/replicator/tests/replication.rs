@@ -12,6 +12,7 @@ use anyhow::{Context as _, ensure};
 use gitcluster_integration_tests::{
     Cluster, TestDb, binary, eventually, free_port, git, http_get, metric_sum, patience,
 };
+use gitcluster_proto::bus::lapin::message::BasicGetMessage;
 use gitcluster_proto::bus::lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -217,6 +218,21 @@ impl Bus {
         self.publisher.channel()
     }
 
+    /// The next message of the dead-letter queue (not acked yet), waiting for one;
+    /// `what` names it when the wait gives up.
+    async fn next_dead_letter(&self, what: &str) -> BasicGetMessage {
+        eventually!(what, {
+            let got = self
+                .channel()
+                .basic_get(
+                    self.names.dead_letter().as_str().into(),
+                    BasicGetOptions::default(),
+                )
+                .await?;
+            got.context("dead-letter queue empty")
+        })
+    }
+
     async fn publish(&self, job: &ReplicationJob) {
         self.publisher
             .publish(
@@ -413,11 +429,7 @@ async fn update_job_mirrors_target_at_source_generation_and_a_duplicate_is_harml
     assert_eq!(job_row(&db, &job).await.0, "published");
     lock.commit().await.unwrap();
 
-    eventually!("job done", {
-        let (state, ..) = job_row(&db, &job).await;
-        ensure!(state == "done", "state {state}");
-        Ok(())
-    });
+    wait_done(&db, &job, "job done").await;
     let (_, attempts, error, source_generation) = job_row(&db, &job).await;
     assert_eq!((attempts, error, source_generation), (1, None, Some(3)));
     assert_eq!(
@@ -450,11 +462,7 @@ async fn target_ahead_of_source_is_skipped_never_lowered_and_poison_is_dead_lett
 
     let job = insert_job(&db).await;
     bus.publish(&job).await;
-    eventually!("job done", {
-        let (state, ..) = job_row(&db, &job).await;
-        ensure!(state == "done", "state {state}");
-        Ok(())
-    });
+    wait_done(&db, &job, "job done").await;
     assert_eq!(replicator.jobs("skipped").await, 1.0);
     assert_eq!(generation(&db, "gitaly-2").await, Some(5), "never lowered");
     assert!(!exists(&cluster, 1).await, "nothing was copied");
@@ -472,16 +480,7 @@ async fn target_ahead_of_source_is_skipped_never_lowered_and_poison_is_dead_lett
         .unwrap()
         .await
         .unwrap();
-    let dead = eventually!("poison dead-lettered", {
-        let got = bus
-            .channel()
-            .basic_get(
-                bus.names.dead_letter().as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await?;
-        got.context("dead-letter queue empty")
-    });
+    let dead = bus.next_dead_letter("poison dead-lettered").await;
     let error = bus::header_str(&dead.delivery.properties, ERROR_HEADER).unwrap();
     assert!(error.starts_with("malformed message: "), "{error}");
     assert_eq!(dead.delivery.data, b"{not json");
@@ -495,26 +494,34 @@ async fn target_ahead_of_source_is_skipped_never_lowered_and_poison_is_dead_lett
     bus.delete().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_target_retries_with_growing_delays_then_is_dead_lettered() {
+/// Waits until `job`'s row says `done`.
+async fn wait_done(db: &tokio_postgres::Client, job: &ReplicationJob, what: &str) {
+    eventually!(what, {
+        let (state, ..) = job_row(db, job).await;
+        ensure!(state == "done", "state {state}");
+        Ok(())
+    });
+}
+
+/// A repository whose job target (gitaly-2) is down, and a replicator that gives a
+/// job `max_attempts` attempts.
+async fn with_dead_target(max_attempts: u32) -> (Cluster, tokio_postgres::Client, Bus, Replicator) {
     let (mut cluster, db) = cluster_with_repository(1).await;
     cluster.storages[1].member.kill();
-    let (bus, mut replicator) =
-        replicator_for(&cluster, &["--max-attempts=3", "--job-timeout-secs=10"]).await;
+    let attempts = format!("--max-attempts={max_attempts}");
+    let (bus, replicator) =
+        replicator_for(&cluster, &[attempts.as_str(), "--job-timeout-secs=10"]).await;
+    (cluster, db, bus, replicator)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_target_retries_with_growing_delays_then_is_dead_lettered() {
+    let (_cluster, db, bus, mut replicator) = with_dead_target(3).await;
 
     let job = insert_job(&db).await;
     let published = Instant::now();
     bus.publish(&job).await;
-    let dead = eventually!("job dead-lettered", {
-        let got = bus
-            .channel()
-            .basic_get(
-                bus.names.dead_letter().as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await?;
-        got.context("dead-letter queue empty")
-    });
+    let dead = bus.next_dead_letter("job dead-lettered").await;
     // Two retries waited out their tiers (100 ms, then 200 ms) before the last attempt.
     assert!(published.elapsed() >= Duration::from_millis(300));
     let props = &dead.delivery.properties;
@@ -540,16 +547,7 @@ async fn unreachable_target_retries_with_growing_delays_then_is_dead_lettered() 
     // someone published it again) is never just acked: it goes to the dead-letter
     // queue again, with the row's error, and the row stays dead.
     bus.publish(&job).await;
-    let again = eventually!("dead job dead-lettered again", {
-        let got = bus
-            .channel()
-            .basic_get(
-                bus.names.dead_letter().as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await?;
-        got.context("dead-letter queue empty")
-    });
+    let again = bus.next_dead_letter("dead job dead-lettered again").await;
     assert_eq!(
         bus::header_str(&again.delivery.properties, ERROR_HEADER).as_deref(),
         Some(error.as_str())
@@ -610,11 +608,7 @@ async fn one_unusable_queue_does_not_stop_the_other_storages() {
     let job = insert_job(&db).await;
     assert_eq!(job.target_storage, "gitaly-2");
     bus.publish(&job).await;
-    eventually!("gitaly-2's job done", {
-        let (state, ..) = job_row(&db, &job).await;
-        ensure!(state == "done", "state {state}");
-        Ok(())
-    });
+    wait_done(&db, &job, "gitaly-2's job done").await;
     assert_eq!(generation(&db, "gitaly-2").await, Some(3));
     let (code, _) = http_get(replicator.metrics, "/healthz").await.unwrap();
     assert_eq!(
@@ -637,10 +631,7 @@ async fn one_unusable_queue_does_not_stop_the_other_storages() {
 /// queue instead of going round its first attempt forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_channel_closed_by_the_broker_is_rebuilt_and_retries_flow_again() {
-    let (mut cluster, db) = cluster_with_repository(1).await;
-    cluster.storages[1].member.kill();
-    let (bus, mut replicator) =
-        replicator_for(&cluster, &["--max-attempts=2", "--job-timeout-secs=10"]).await;
+    let (_cluster, db, bus, mut replicator) = with_dead_target(2).await;
     for delay in DELAYS {
         bus.channel()
             .exchange_delete(
@@ -653,16 +644,7 @@ async fn a_publisher_channel_closed_by_the_broker_is_rebuilt_and_retries_flow_ag
 
     let job = insert_job(&db).await;
     bus.publish(&job).await;
-    let dead = eventually!("job dead-lettered", {
-        let got = bus
-            .channel()
-            .basic_get(
-                bus.names.dead_letter().as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await?;
-        got.context("dead-letter queue empty")
-    });
+    let dead = bus.next_dead_letter("job dead-lettered").await;
     assert_eq!(bus::attempt_of(&dead.delivery.properties), 2);
     dead.delivery
         .acker
@@ -721,11 +703,7 @@ async fn a_connection_closed_by_the_broker_is_reopened_and_jobs_flow_again() {
 
     let job = insert_job(&db).await;
     bus.publish(&job).await;
-    eventually!("job done after the reconnect", {
-        let (state, ..) = job_row(&db, &job).await;
-        ensure!(state == "done", "state {state}");
-        Ok(())
-    });
+    wait_done(&db, &job, "job done after the reconnect").await;
     assert_eq!(generation(&db, "gitaly-2").await, Some(3));
     assert_eq!(checksum(&cluster, 0).await, checksum(&cluster, 1).await);
     assert!(
@@ -820,11 +798,7 @@ async fn an_idle_transaction_timeout_on_the_database_does_not_cut_jobs_short() {
     let (bus, mut replicator) = replicator_for(&cluster, &[]).await;
     let job = insert_job(&db).await;
     bus.publish(&job).await;
-    eventually!("job done", {
-        let (state, ..) = job_row(&db, &job).await;
-        ensure!(state == "done", "state {state}");
-        Ok(())
-    });
+    wait_done(&db, &job, "job done").await;
     assert_eq!(generation(&db, "gitaly-2").await, Some(2));
     assert_eq!(checksum(&cluster, 0).await, checksum(&cluster, 1).await);
     assert_eq!(replicator.terminate(&[]), Some(0));

@@ -40,7 +40,9 @@ struct Seeded {
 /// Creates `path`, writes a root commit into the primary's replica and points
 /// `refs/heads/main` at it with UpdateReferences through the router (one write: the
 /// primary goes to generation 1, the others stay at 0 until replicated).
-async fn create_with_main(cluster: &Cluster, router: &TestRouter, path: &str) -> Seeded {
+/// Creates `path` through the router and writes a commit (no ref yet) straight into
+/// its primary's replica.
+async fn seeded(cluster: &Cluster, router: &TestRouter, path: &str) -> Seeded {
     create(router, path).await;
     let (id, replica_path, primary, _) = record(cluster, path).await.expect("record");
     let primary_index = STORAGES
@@ -48,6 +50,18 @@ async fn create_with_main(cluster: &Cluster, router: &TestRouter, path: &str) ->
         .position(|s| *s == primary)
         .expect("primary");
     let oid = seed_commit(&replica_dir(cluster, primary_index, &replica_path));
+    Seeded {
+        id,
+        replica_path,
+        primary,
+        primary_index,
+        oid,
+    }
+}
+
+async fn create_with_main(cluster: &Cluster, router: &TestRouter, path: &str) -> Seeded {
+    let seeded = seeded(cluster, router, path).await;
+    let oid = seeded.oid.clone();
     router
         .ref_client()
         .await
@@ -61,13 +75,7 @@ async fn create_with_main(cluster: &Cluster, router: &TestRouter, path: &str) ->
         })
         .await
         .expect("update references through the router");
-    Seeded {
-        id,
-        replica_path,
-        primary,
-        primary_index,
-        oid,
-    }
+    seeded
 }
 
 /// Starts setting `main` of `path` to `oid` through the router while every
@@ -119,13 +127,9 @@ async fn write_failing_to_record(
 async fn a_write_is_recorded_even_when_the_database_fails_at_first() {
     let cluster = cluster().await;
     let router = TestRouter::start(&cluster, Options::default()).await;
-    create(&router, "f.git").await;
-    let (id, replica_path, primary, _) = record(&cluster, "f.git").await.expect("record");
-    let primary_index = STORAGES
-        .iter()
-        .position(|s| *s == primary)
-        .expect("primary");
-    let oid = seed_commit(&replica_dir(&cluster, primary_index, &replica_path));
+    let Seeded {
+        id, primary, oid, ..
+    } = seeded(&cluster, &router, "f.git").await;
     let client = db(&cluster).await;
     let write = write_failing_to_record(&router, &client, "f.git", oid).await;
     assert!(
@@ -140,12 +144,19 @@ async fn a_write_is_recorded_even_when_the_database_fails_at_first() {
         .await
         .expect("join")
         .expect("the write succeeds once recorded");
-    let (_, _, _, generation) = record(&cluster, "f.git").await.expect("record");
-    assert_eq!(generation, 1);
-    for (storage, g) in generations(&cluster, id).await {
+    assert_write_recorded(&cluster, "f.git", id, &primary).await;
+}
+
+/// The one write on `path` is recorded: generation 1 on the primary only, one job
+/// per other replica.
+async fn assert_write_recorded(cluster: &Cluster, path: &str, id: i64, primary: &str) {
+    let (_, _, _, generation) = record(cluster, path).await.expect("record");
+    assert_eq!(generation, 1, "the write is recorded");
+    for (storage, g) in generations(cluster, id).await {
         assert_eq!(g, i64::from(storage == primary), "{storage}");
     }
-    let jobs: i64 = client
+    let jobs: i64 = db(cluster)
+        .await
         .query_one(
             "SELECT count(*) FROM replication_jobs WHERE repository_id = $1",
             &[&id],
@@ -163,13 +174,9 @@ async fn a_write_is_recorded_even_when_the_database_fails_at_first() {
 async fn a_write_whose_client_has_gone_is_still_recorded_across_sigterm() {
     let cluster = cluster().await;
     let mut router = TestRouter::start(&cluster, Options::default()).await;
-    create(&router, "g.git").await;
-    let (id, replica_path, primary, _) = record(&cluster, "g.git").await.expect("record");
-    let primary_index = STORAGES
-        .iter()
-        .position(|s| *s == primary)
-        .expect("primary");
-    let oid = seed_commit(&replica_dir(&cluster, primary_index, &replica_path));
+    let Seeded {
+        id, primary, oid, ..
+    } = seeded(&cluster, &router, "g.git").await;
     let client = db(&cluster).await;
     let write = write_failing_to_record(&router, &client, "g.git", oid).await;
     // The client goes away (its connection closes), then the router is told to stop.
@@ -190,20 +197,7 @@ async fn a_write_whose_client_has_gone_is_still_recorded_across_sigterm() {
         .await
         .expect("disarm");
     assert!(router.exit_status().await.success());
-    let (_, _, _, generation) = record(&cluster, "g.git").await.expect("record");
-    assert_eq!(
-        generation, 1,
-        "the write was recorded before the router exited"
-    );
-    let jobs: i64 = client
-        .query_one(
-            "SELECT count(*) FROM replication_jobs WHERE repository_id = $1",
-            &[&id],
-        )
-        .await
-        .expect("jobs")
-        .get(0);
-    assert_eq!(jobs, 2, "one job per other replica");
+    assert_write_recorded(&cluster, "g.git", id, &primary).await;
 }
 
 #[tokio::test]
@@ -555,10 +549,21 @@ async fn a_lost_listen_connection_rebuilds_the_cache_from_the_tables() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(killed, vec![true], "exactly one LISTEN connection");
-    eventually!("reads avoid the outdated replica after the reconnect", {
+    reads_avoid_gitaly_2(
+        &router,
+        "l.git",
+        "reads avoid the outdated replica after the reconnect",
+    )
+    .await;
+}
+
+/// Waits until 30 reads in a row of `path` avoid gitaly-2 (30 uniform reads over
+/// three replicas all miss one of them with probability (2/3)^30, about 5e-6).
+async fn reads_avoid_gitaly_2(router: &TestRouter, path: &str, what: &str) {
+    eventually!(what, {
         let before = reads_on(&router.metrics().await, "gitaly-2");
         for _ in 0..30 {
-            read(&router, "l.git", false).await?;
+            read(router, path, false).await?;
         }
         let after = reads_on(&router.metrics().await, "gitaly-2");
         anyhow::ensure!(
@@ -629,19 +634,7 @@ async fn a_silently_dead_listen_connection_is_replaced_and_the_cache_rebuilt() {
         anyhow::ensure!(ports.iter().any(|p| *p != frozen), "still only {ports:?}");
         Ok(())
     });
-    eventually!("reads avoid the outdated replica", {
-        let before = reads_on(&router.metrics().await, "gitaly-2");
-        for _ in 0..30 {
-            read(&router, "h.git", false).await?;
-        }
-        let after = reads_on(&router.metrics().await, "gitaly-2");
-        anyhow::ensure!(
-            after == before,
-            "gitaly-2 still served {} reads",
-            after - before
-        );
-        Ok(())
-    });
+    reads_avoid_gitaly_2(&router, "h.git", "reads avoid the outdated replica").await;
     assert!(
         router
             .log()
