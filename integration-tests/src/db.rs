@@ -47,7 +47,7 @@ impl TestDb {
     /// # Panics
     /// When the URL has no `scheme://authority/` shape.
     pub fn server_address(&self) -> String {
-        let (_, host) = split_authority(&self.url);
+        let (_, host, _) = url_parts(&self.url);
         if host.contains(':') {
             host.to_owned()
         } else {
@@ -58,43 +58,23 @@ impl TestDb {
     /// [`url`](Self::url) with the server's `host:port` replaced by `addr`, for
     /// connections that must pass through a relay.
     pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
-        let (before, host) = split_authority(&self.url);
-        format!("{before}{addr}{}", &self.url[before.len() + host.len()..])
+        let (before, _, path) = url_parts(&self.url);
+        format!("{before}{addr}{path}")
     }
 }
 
-/// `(everything up to the host, host[:port])` of a `scheme://[user@]host[:port]/…` URL.
-fn split_authority(url: &str) -> (&str, &str) {
+/// A `scheme://[user@]host[:port]/db[?query]` URL in three parts: everything up to
+/// the host, `host[:port]`, and `/db[?query]`.
+///
+/// # Panics
+/// When the URL has no `scheme://authority/` shape.
+fn url_parts(url: &str) -> (&str, &str, &str) {
     let start = url.find("://").expect("scheme") + 3;
     let end = start + url[start..].find('/').expect("path");
     let host_start = url[start..end]
         .rfind('@')
         .map_or(start, |at| start + at + 1);
-    (&url[..host_start], &url[host_start..end])
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop needs async work: run it on a private runtime in its own thread.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok((client, conn)) = tokio_postgres::connect(&base_url(), NoTls).await {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
+    (&url[..host_start], &url[host_start..end], &url[end..])
 }
 
 /// Connects or panics with a hint on how to start PostgreSQL.
@@ -112,12 +92,9 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 
 /// `url` with its database name replaced by `db`.
 pub fn replace_db(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let host_part = base.rsplit_once('/').map_or(base, |(h, _)| h);
-    format!("{host_part}/{db}{query}")
+    let (before, host, path) = url_parts(url);
+    let query = path.find('?').map_or("", |q| &path[q..]);
+    format!("{before}{host}/{db}{query}")
 }
 
 #[cfg(test)]
@@ -142,6 +119,14 @@ mod tests {
         };
         assert_eq!(bare.server_address(), "db.example:5432");
         assert_eq!(bare.url_via(relay), "postgres://127.0.0.1:4000/t");
+        assert_eq!(
+            replace_db(&db.url, "other"),
+            "postgres://postgres@127.0.0.1:5432/other?sslmode=disable"
+        );
+        assert_eq!(
+            replace_db(&bare.url, "other"),
+            "postgres://db.example/other"
+        );
         // Not dropped: the database does not exist.
         std::mem::forget(db);
         std::mem::forget(bare);

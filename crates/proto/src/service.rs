@@ -81,7 +81,9 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// `--database-url`, shared by every service that reads the cluster database.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL of the cluster database.
+    /// PostgreSQL URL of the cluster database. Unless the URL sets them, connections
+    /// use connect_timeout=5, TCP keep-alive 15 s idle / 5 s x 3 probes and
+    /// tcp_user_timeout=30s, so a vanished server is noticed in about 30 s.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 }

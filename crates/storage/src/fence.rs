@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::OwnedMutexGuard;
 
-/// A lock per path, created on first use and dropped when nobody holds or waits for
-/// it, so the map only ever holds the paths in use.
+/// A lock per path, created on first use and dropped by the last holder to release
+/// it while nobody waits, so the map holds the paths in use (plus, rarely, one left
+/// by a waiter that gave up just after a release; the next holder reuses and drops it).
 #[derive(Debug, Default)]
 pub struct PathLocks {
     held: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
@@ -40,7 +41,7 @@ impl PathLocks {
         }
     }
 
-    /// Number of paths held or waited for.
+    /// Number of paths in the map (held or waited for, see [`PathLocks`]).
     pub fn len(&self) -> usize {
         self.map().len()
     }
