@@ -218,6 +218,7 @@ async fn concurrent_creates_one_wins_recreate_gets_new_id_and_rename_moves_no_by
         .clone()
         .remove_repository(RemoveRepositoryRequest {
             repository: Some(cluster.virtual_repository("race.git")),
+            only_if_empty: false,
         })
         .await
         .expect("remove");
@@ -225,6 +226,7 @@ async fn concurrent_creates_one_wins_recreate_gets_new_id_and_rename_moves_no_by
         .clone()
         .remove_repository(RemoveRepositoryRequest {
             repository: Some(cluster.virtual_repository("race.git")),
+            only_if_empty: false,
         })
         .await
         .expect_err("second remove");

@@ -705,6 +705,7 @@ impl CreatedRepository {
         let name = display(&self.repo);
         let request = RemoveRepositoryRequest {
             repository: Some(self.repo.to_proto()),
+            only_if_empty: false,
         };
         match self.client.remove_repository(request).await {
             Ok(_) => info!(repo = %name, "removed repository of an aborted first push"),

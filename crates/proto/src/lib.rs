@@ -33,6 +33,12 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Chunk size used when streaming bytes (packs, blobs) in gRPC messages.
 pub const STREAM_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Trailer a storage node sets on a ref-changing mutator's OK answer: `"0"` when the
+/// call changed no reference and no HEAD (a before/after digest of both), `"1"`
+/// otherwise. Without the trailer the router assumes a change: a write is never
+/// left unrecorded because a node did not say.
+pub const REFS_CHANGED_TRAILER: &str = "gitcluster-refs-changed";
+
 /// The registry of every `gitcluster.v1` RPC, built once from `FILE_DESCRIPTOR_SET`.
 ///
 /// The build already proved the annotations valid, so building it cannot fail.

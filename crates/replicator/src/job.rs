@@ -528,6 +528,7 @@ async fn delete_replica(
             storage_name: t.target.to_owned(),
             relative_path: t.replica_path.to_owned(),
         }),
+        only_if_empty: false,
     });
     request.set_timeout(jobs.job_timeout);
     match tokio::time::timeout(jobs.job_timeout, client.remove_repository(request)).await {

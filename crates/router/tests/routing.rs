@@ -887,6 +887,7 @@ async fn remove_deletes_metadata_then_replicas_and_recreate_gets_a_new_path() {
     client
         .remove_repository(RemoveRepositoryRequest {
             repository: Some(repo("d.git")),
+            only_if_empty: false,
         })
         .await
         .expect("remove");
@@ -901,6 +902,7 @@ async fn remove_deletes_metadata_then_replicas_and_recreate_gets_a_new_path() {
     let err = client
         .remove_repository(RemoveRepositoryRequest {
             repository: Some(repo("d.git")),
+            only_if_empty: false,
         })
         .await
         .expect_err("gone");

@@ -65,6 +65,7 @@ async fn create_exists_remove_and_already_exists() {
     repos
         .remove_repository(v1::RemoveRepositoryRequest {
             repository: Some(node.repo("a/b.git")),
+            only_if_empty: false,
         })
         .await
         .expect("remove");
@@ -79,6 +80,7 @@ async fn create_exists_remove_and_already_exists() {
     let gone = repos
         .remove_repository(v1::RemoveRepositoryRequest {
             repository: Some(node.repo("a/b.git")),
+            only_if_empty: false,
         })
         .await
         .expect_err("second remove");

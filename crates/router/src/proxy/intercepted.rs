@@ -153,6 +153,7 @@ async fn remove_replicas(vs: &VirtualStorage, replica_path: &str, storages: &[St
                 storage_name: name.clone(),
                 relative_path: replica_path.to_owned(),
             }),
+            only_if_empty: false,
         };
         match tokio::time::timeout(REMOVE_TIMEOUT, client.remove_repository(request)).await {
             Ok(Ok(_)) => debug!(storage = %name, replica_path, "replica removed"),
