@@ -7,6 +7,7 @@
 
 pub mod client_auth;
 pub mod config;
+mod request_body;
 pub mod route;
 mod smart_http;
 pub mod upstream;

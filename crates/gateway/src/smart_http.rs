@@ -22,20 +22,18 @@
 //! created it and the push then fails or the client goes away before the response is
 //! complete, the repository is removed again, so an aborted first push leaves nothing.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, BodyDataStream};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _, TryStreamExt as _, stream};
-use gitcluster_proto::STREAM_CHUNK_BYTES;
 use gitcluster_proto::abortable::Outbound;
 use gitcluster_proto::v1::{
     CreateRepositoryRequest, InfoRefsRequest, InfoRefsResponse, PostReceivePackRequest,
@@ -51,6 +49,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::{debug, info, warn};
 
 use crate::client_auth::{self, AuthOutcome, ClientAuth};
+use crate::request_body::{Chunk, expected_length, request_chunks};
 use crate::route::{self, Endpoint, GitService, RepoPath};
 use crate::upstream::{self, RepositoryClient, Upstream, plain};
 
@@ -337,36 +336,22 @@ async fn post_rpc(
 struct ResponseReader {
     rx: mpsc::Receiver<Result<Bytes, tonic::Status>>,
     gone: Option<DropGuard>,
-    delivered: CancellationToken,
+    pub(crate) delivered: CancellationToken,
 }
 
 /// Signals shared by a `Post*` call's request stream, its driver and the response.
 #[derive(Clone, Default)]
-struct CallSignals {
+pub(crate) struct CallSignals {
     /// Set by the driver: the request stream must abort now.
-    abort: CancellationToken,
+    pub(crate) abort: CancellationToken,
     /// Set by the request stream once it has ended cleanly or begun aborting.
-    request_over: CancellationToken,
+    pub(crate) request_over: CancellationToken,
     /// Set when the HTTP side went away before the response was complete.
-    client_gone: CancellationToken,
+    pub(crate) client_gone: CancellationToken,
     /// Set when the whole response was handed to the client connection.
-    delivered: CancellationToken,
+    pub(crate) delivered: CancellationToken,
     /// The client's request body could not be read completely.
-    body_failed: Arc<AtomicBool>,
-}
-
-/// Content-Length of an uncompressed request body: checked again at the end of the body,
-/// in case a connection ever ends without hyper reporting the shortfall.
-fn expected_length(headers: &HeaderMap) -> Option<u64> {
-    if headers.contains_key(header::CONTENT_ENCODING) {
-        return None;
-    }
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+    pub(crate) body_failed: Arc<AtomicBool>,
 }
 
 /// Makes sure a push has a repository to land in. `Ok(Some(_))` when this request
@@ -437,91 +422,6 @@ fn spawn_post<M, R>(
         let call = upstream.post_stream(rpc, messages);
         driver.run(call, data, start_tx, body_tx).await;
     });
-}
-
-enum Chunk {
-    Data(Bytes),
-    Abort,
-}
-
-/// The client's request body as chunks of at most `STREAM_CHUNK_BYTES`.
-///
-/// The stream ends only when the body ended cleanly (and, with a Content-Length, had
-/// every byte). When reading the body fails, or the driver asks for an abort, it yields
-/// [`Chunk::Abort`] (which resets the upstream call, see `crate::abortable`) and then
-/// stays pending forever: it never ends cleanly after a failure.
-fn request_chunks(
-    body: Body,
-    expected: Option<u64>,
-    signals: CallSignals,
-    repo: String,
-) -> impl Stream<Item = Chunk> + Send + 'static {
-    struct Reader {
-        body: BodyDataStream,
-        pending: Bytes,
-        received: u64,
-        expected: Option<u64>,
-        signals: CallSignals,
-        repo: String,
-        aborted: bool,
-    }
-    let reader = Reader {
-        body: body.into_data_stream(),
-        pending: Bytes::new(),
-        received: 0,
-        expected,
-        signals,
-        repo,
-        aborted: false,
-    };
-    stream::unfold(reader, |mut r| async move {
-        loop {
-            if r.aborted {
-                let never: Infallible = std::future::pending().await;
-                match never {}
-            }
-            if !r.pending.is_empty() {
-                let chunk = r.pending.split_to(r.pending.len().min(STREAM_CHUNK_BYTES));
-                metrics::counter!(BYTES_METRIC, "direction" => "in").increment(chunk.len() as u64);
-                return Some((Chunk::Data(chunk), r));
-            }
-            let next = tokio::select! {
-                biased;
-                () = r.signals.abort.cancelled() => None,
-                next = r.body.next() => Some(next),
-            };
-            let failure = match next {
-                Some(Some(Ok(data))) => {
-                    r.received += data.len() as u64;
-                    r.pending = data;
-                    continue;
-                }
-                Some(None) => match r.expected {
-                    Some(expected) if expected != r.received => {
-                        format!("body ended after {} of {expected} bytes", r.received)
-                    }
-                    // The body is complete: now, and only now, end the request stream.
-                    _ => {
-                        r.signals.request_over.cancel();
-                        return None;
-                    }
-                },
-                Some(Some(Err(e))) => e.to_string(),
-                None => {
-                    debug!(repo = %r.repo, "aborting upstream request stream");
-                    r.aborted = true;
-                    r.signals.request_over.cancel();
-                    return Some((Chunk::Abort, r));
-                }
-            };
-            info!(repo = %r.repo, error = %failure, received = r.received,
-                "client request body failed, aborting upstream call");
-            r.signals.body_failed.store(true, Ordering::SeqCst);
-            r.aborted = true;
-            r.signals.request_over.cancel();
-            return Some((Chunk::Abort, r));
-        }
-    })
 }
 
 /// How a `Post*` call's response relay ended.
