@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bus;
 pub mod jobs;
 pub mod registry;
+pub mod relative_path;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -310,8 +310,15 @@ async fn attempt_job(
         let client = jobs.pool.get().await.map_err(pool_failure)?;
         client
             .query_one(
-                "UPDATE replication_jobs
-                    SET state = 'in_progress', attempts = $2, started_at = now(), updated_at = now()
+                // clock_timestamp(), not now(): the times must follow the real order
+                // of events across transactions (created ≤ published ≤ started ≤
+                // finished). A job the replicator got was published, whether or not
+                // the router's confirmation has recorded that yet.
+                "WITH t AS (SELECT clock_timestamp() AS ts)
+                 UPDATE replication_jobs
+                    SET state = 'in_progress', attempts = $2, started_at = t.ts,
+                        published_at = COALESCE(published_at, t.ts), updated_at = t.ts
+                   FROM t
                   WHERE id = $1
               RETURNING created_at",
                 &[&id, &(attempt.min(i32::MAX as u32) as i32)],
@@ -349,8 +356,9 @@ async fn attempt_job(
         Ok((outcome, source_generation)) => {
             tx.execute(
                 "UPDATE replication_jobs
-                    SET state = 'done', finished_at = now(), error = NULL,
-                        source_generation = COALESCE($2, source_generation), updated_at = now()
+                    SET state = 'done', finished_at = clock_timestamp(), error = NULL,
+                        source_generation = COALESCE($2, source_generation),
+                        updated_at = clock_timestamp()
                   WHERE id = $1",
                 &[&id, &source_generation],
             )
@@ -374,8 +382,8 @@ async fn attempt_job(
             };
             tx.execute(
                 "UPDATE replication_jobs
-                    SET state = $2::text::replication_job_state, error = $3, finished_at = now(),
-                        updated_at = now()
+                    SET state = $2::text::replication_job_state, error = $3,
+                        finished_at = clock_timestamp(), updated_at = clock_timestamp()
                   WHERE id = $1",
                 &[&id, &state, &error],
             )

@@ -107,8 +107,26 @@ pub fn status(what: &str, e: &tokio_postgres::Error) -> Status {
         Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE => {
             Status::aborted(format!("{what}: serialization failure, retry"))
         }
-        Some(_) => Status::internal(format!("{what}: {e}")),
-        None => Status::unavailable(format!("{what}: database unavailable: {e}")),
+        Some(_) => {
+            // The database's text can name tables, constraints and the client's own
+            // input; it goes to the log, the client gets the step only.
+            tracing::error!(step = what, error = %db_error_text(e), "database error");
+            Status::internal(format!(
+                "{what}: internal database error (see the router's log)"
+            ))
+        }
+        None => {
+            tracing::warn!(step = what, error = %db_error_text(e), "database unavailable");
+            Status::unavailable(format!("{what}: database unavailable"))
+        }
+    }
+}
+
+/// `e` with its server-side detail (tokio-postgres' Display says only "db error").
+fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => format!("{e:#}"),
     }
 }
 
@@ -116,7 +134,10 @@ pub fn status(what: &str, e: &tokio_postgres::Error) -> Status {
 pub fn pool_status(e: PoolError) -> Status {
     match e {
         PoolError::Backend(e) => status("connect to database", &e),
-        other => Status::unavailable(format!("database unavailable: {other}")),
+        other => {
+            tracing::warn!(error = %other, "database pool unavailable");
+            Status::unavailable("database unavailable")
+        }
     }
 }
 
@@ -390,6 +411,87 @@ pub async fn delete_repository(
     }))
 }
 
+/// What a conditional removal deleted.
+pub struct RemovedAsCreated {
+    /// Repository id.
+    pub repository_id: i64,
+    /// Its replica path.
+    pub replica_path: String,
+    /// The storages whose replicas are still to be removed from disk.
+    pub storages: Vec<String>,
+}
+
+/// Removes a repository only while it is exactly as created, decided atomically.
+///
+/// The repository's row is locked (the lock every write's record takes, see
+/// `bump_generation.sql`), so no write can be recorded until this ends. Under that
+/// lock the repository must still be at its creation generation (0: no write was
+/// ever recorded) and `on_primary(replica_path, primary)` must succeed — the
+/// primary's own conditional removal, which refuses while the replica has a ref or a
+/// write in flight (a write applied there but not yet recorded is waiting for this
+/// very lock). Only then is the record deleted. Any refusal rolls back: nothing is
+/// removed. `Ok(None)`: no such repository.
+pub async fn remove_if_as_created<F, Fut>(
+    pool: &Pool,
+    virtual_storage: &str,
+    relative_path: &str,
+    on_primary: F,
+) -> Result<Option<RemovedAsCreated>, Status>
+where
+    F: FnOnce(String, Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Status>>,
+{
+    let mut client = pool.get().await.map_err(pool_status)?;
+    // Dropping the transaction (an error below, or the caller going away) rolls back.
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| status("begin conditional removal", &e))?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT repository_id, replica_path, \"primary\", generation FROM repositories \
+             WHERE virtual_storage = $1 AND relative_path = $2 FOR UPDATE",
+            &[&virtual_storage, &relative_path],
+        )
+        .await
+        .map_err(|e| status("lock repository", &e))?
+    else {
+        return Ok(None);
+    };
+    let repository_id: i64 = row.get(0);
+    let replica_path: String = row.get(1);
+    if row.get::<_, i64>(3) != 0 {
+        return Err(Status::failed_precondition(
+            "repository was written since it was created; not removed",
+        ));
+    }
+    on_primary(replica_path.clone(), row.get(2)).await?;
+    let storages: Vec<String> = tx
+        .query(
+            "SELECT storage FROM storage_repositories WHERE repository_id = $1 ORDER BY storage",
+            &[&repository_id],
+        )
+        .await
+        .map_err(|e| status("list replicas", &e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.execute(
+        "DELETE FROM repositories WHERE repository_id = $1",
+        &[&repository_id],
+    )
+    .await
+    .map_err(|e| status("delete repository", &e))?;
+    tx.commit()
+        .await
+        .map_err(|e| status("commit removal", &e))?;
+    Ok(Some(RemovedAsCreated {
+        repository_id,
+        replica_path,
+        storages,
+    }))
+}
+
 /// Renames a repository in the metadata only; `None` when it does not exist,
 /// AlreadyExists when the new path is taken. Returns the repository id.
 pub async fn rename_repository(
@@ -424,15 +526,19 @@ pub async fn list_repositories(pool: &Pool, virtual_storage: &str) -> Result<Vec
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Marks a job published once the broker confirmed it; a job that already moved on
-/// (the replicator was faster than this update) is left alone.
+/// Records that the broker confirmed a job: `published_at` is set whatever the state
+/// (unless the replicator, faster than this update, already set it when it started
+/// the job), and only a `pending` job becomes `published`.
 pub async fn mark_published(pool: &Pool, job_id: &str) -> anyhow::Result<()> {
     let id = uuid::Uuid::parse_str(job_id).context("parse job id")?;
     let client = pool.get().await.context("get database connection")?;
     client
         .execute(
-            "UPDATE replication_jobs SET state = 'published', published_at = now(), \
-             updated_at = now() WHERE id = $1 AND state = 'pending'",
+            "UPDATE replication_jobs \
+             SET state = CASE WHEN state = 'pending' THEN 'published' ELSE state END, \
+                 published_at = COALESCE(published_at, clock_timestamp()), \
+                 updated_at = clock_timestamp() \
+             WHERE id = $1",
             &[&id],
         )
         .await

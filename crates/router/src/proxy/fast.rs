@@ -34,6 +34,7 @@ use super::{
     Coordinator, INTERNAL_SERVICE, count_request, repository_at, rewrite, virtual_storage,
 };
 use gitcluster_proto::registry::{MethodInfo, Operation, Scope};
+use gitcluster_proto::relative_path::check_client_path;
 use gitcluster_proto::{MAX_MESSAGE_BYTES, registry};
 
 /// The client's request, given back when the fast path does not take it.
@@ -129,9 +130,8 @@ impl Coordinator {
     ) -> Option<Reply> {
         let message = DynamicMessage::decode(info.input.clone(), single_message(body)?).ok()?;
         let (vs_name, relative_path) = repository_at(&message, info.target_repository.as_ref()?)?;
-        if relative_path.is_empty() {
-            return None;
-        }
+        // A path the rules refuse is declined: the general path answers it.
+        check_client_path(&relative_path).ok()?;
         let topology = self.topology.get();
         let vs = virtual_storage(&topology, &vs_name).ok()?;
         let meta = self.cache.get(&vs.name, &relative_path).await.ok()??;

@@ -9,7 +9,8 @@
 //! owns the upstream call until it is over: it is never dropped while its request
 //! stream may still be open (dropping sends `CANCEL`, which a tonic server reads as a
 //! clean end). When the upstream ends OK the task runs the call's finalizer (the
-//! generation bump of a write) *before* the client sees OK, and runs it even if the
+//! generation bump of a write) *before* the client sees OK — and before the client
+//! sees the write's answer, which is held back until then — and runs it even if the
 //! client has gone: a write the primary applied is always recorded.
 
 use std::pin::Pin;
@@ -33,8 +34,28 @@ use crate::topology::Storage;
 /// What the proxy answers a client with.
 pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
-/// Runs after the upstream ended OK; its error replaces the OK.
-pub type Finalizer = Box<dyn FnOnce() -> BoxFuture<'static, Result<(), Status>> + Send>;
+/// Runs after the upstream ended OK, given whether the node said the call changed
+/// anything (see [`changed_anything`]); its error replaces the OK.
+pub type Finalizer = Box<dyn FnOnce(bool) -> BoxFuture<'static, Result<(), Status>> + Send>;
+
+/// How much of a finalized call's answer is held back until its finalizer succeeded.
+/// A write's answer (git's report, a unary reply) is far smaller; past this the oldest
+/// messages go on, and only the rest waits.
+const HOLD_BYTES: usize = 1024 * 1024;
+
+/// False only when the node said, in the answer's headers or trailers, that the call
+/// changed no reference and no HEAD (`REFS_CHANGED_TRAILER` = "0"). A node that did
+/// not say is taken to have changed something: a write is never left unrecorded
+/// because the flag was missing.
+pub fn changed_anything(headers: &MetadataMap, trailers: Option<&MetadataMap>) -> bool {
+    let said = |m: &MetadataMap| {
+        m.get(gitcluster_proto::REFS_CHANGED_TRAILER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let flag = trailers.and_then(said).or_else(|| said(headers));
+    flag.as_deref() != Some("0")
+}
 
 /// Longest wait for an aborted upstream call to end after the client went away.
 const ABORT_GRACE: Duration = Duration::from_secs(30);
@@ -171,6 +192,7 @@ pub fn relay(
 ) -> tonic::Response<ReplyStream> {
     let (metadata, upstream, _) = response.into_parts();
     let (tx, rx) = mpsc::channel(4);
+    let finalizer = finalizer.map(|f| (f, metadata.clone()));
     crate::serve::spawn_tracked(pump(upstream, tx, abort, finalizer));
     let stream: ReplyStream = Box::pin(Relay { rx, done: false });
     tonic::Response::from_parts(sanitize(metadata), stream, Default::default())
@@ -182,12 +204,20 @@ pub fn local(messages: Vec<Bytes>) -> tonic::Response<ReplyStream> {
     tonic::Response::new(stream)
 }
 
+/// Pumps the upstream's answer into `tx`. With a finalizer (a write) the answer is
+/// held back (up to [`HOLD_BYTES`]) until the finalizer has recorded the write, so a
+/// client never learns of a success the cluster does not know about: git prints its
+/// ref update lines and exits 0 only once the record committed, and a failed record
+/// reaches the client as an error in place of the held answer.
 async fn pump(
     mut upstream: Streaming<Bytes>,
     tx: mpsc::Sender<Frame>,
     abort: CancellationToken,
-    finalizer: Option<Finalizer>,
+    finalizer: Option<(Finalizer, MetadataMap)>,
 ) {
+    let holding = finalizer.is_some();
+    let mut held: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+    let mut held_bytes = 0usize;
     let mut gone_deadline: Option<tokio::time::Instant> = None;
     let outcome = loop {
         let next = match gone_deadline {
@@ -206,7 +236,19 @@ async fn pump(
         };
         match next {
             Ok(Some(m)) => {
-                if gone_deadline.is_none() && tx.send(Frame::Message(m)).await.is_err() {
+                let mut out = Some(m);
+                if holding {
+                    held_bytes += out.as_ref().map_or(0, Bytes::len);
+                    held.extend(out.take());
+                    if held_bytes > HOLD_BYTES && held.len() > 1 {
+                        out = held.pop_front();
+                        held_bytes -= out.as_ref().map_or(0, Bytes::len);
+                    }
+                }
+                if let Some(m) = out
+                    && gone_deadline.is_none()
+                    && tx.send(Frame::Message(m)).await.is_err()
+                {
                     abort.cancel();
                     gone_deadline = Some(tokio::time::Instant::now() + ABORT_GRACE);
                 }
@@ -216,9 +258,19 @@ async fn pump(
         }
     };
     let outcome = match (outcome, finalizer) {
-        (Ok(()), Some(finalize)) => finalize().await,
+        (Ok(()), Some((finalize, headers))) => {
+            let trailers = upstream.trailers().await.ok().flatten();
+            finalize(changed_anything(&headers, trailers.as_ref())).await
+        }
         (outcome, _) => outcome,
     };
+    if outcome.is_ok() {
+        for m in held {
+            if tx.send(Frame::Message(m)).await.is_err() {
+                return;
+            }
+        }
+    }
     let _ = tx.send(Frame::End(outcome)).await;
 }
 

@@ -107,9 +107,8 @@ pub(super) async fn rename(
 ) -> Result<Response<ReplyStream>, Status> {
     let request = RenameRepositoryRequest::decode(call.first.clone())
         .map_err(|e| Status::invalid_argument(format!("decode request: {e}")))?;
-    if request.relative_path.is_empty() {
-        return Err(Status::invalid_argument("empty new relative path"));
-    }
+    super::check_path(&request.relative_path)
+        .map_err(|s| Status::invalid_argument(format!("new path: {}", s.message())))?;
     let id = db::rename_repository(
         &coordinator.pool,
         &vs.name,
@@ -126,9 +125,15 @@ pub(super) async fn rename(
 
 pub(super) async fn remove(
     coordinator: &Coordinator,
+    call: &Call,
     vs: &VirtualStorage,
     relative_path: &str,
 ) -> Result<Response<ReplyStream>, Status> {
+    let request = RemoveRepositoryRequest::decode(call.first.clone())
+        .map_err(|e| Status::invalid_argument(format!("decode request: {e}")))?;
+    if request.only_if_empty {
+        return remove_if_as_created(coordinator, vs, relative_path).await;
+    }
     let deleted = db::delete_repository(&coordinator.pool, &vs.name, relative_path)
         .await?
         .ok_or_else(|| Status::not_found("repository not found"))?;
@@ -136,6 +141,57 @@ pub(super) async fn remove(
     info!(repository_id = deleted.repository_id, virtual_storage = %vs.name, relative_path,
         "repository removed from metadata");
     remove_replicas(vs, &deleted.replica_path, &deleted.storages).await;
+    Ok(reply(RemoveRepositoryResponse {}))
+}
+
+/// The conditional removal push-to-create uses to undo a repository it created (see
+/// `db::remove_if_as_created`): removed only while no write was recorded and the
+/// primary holds no ref and no write in flight; otherwise FailedPrecondition and
+/// nothing changes. Never because one request did not finish: a push another client
+/// made meanwhile, recorded or still on its way, keeps the repository.
+async fn remove_if_as_created(
+    coordinator: &Coordinator,
+    vs: &VirtualStorage,
+    relative_path: &str,
+) -> Result<Response<ReplyStream>, Status> {
+    let removed = db::remove_if_as_created(
+        &coordinator.pool,
+        &vs.name,
+        relative_path,
+        |replica_path, primary| async move {
+            let Some(primary) = primary else {
+                return Ok(());
+            };
+            let Some(storage) = vs.storages.get(&primary) else {
+                return Err(Status::unavailable(format!(
+                    "primary storage {primary} is not configured"
+                )));
+            };
+            let mut client = RepositoryServiceClient::new(storage.channel.clone());
+            let request = RemoveRepositoryRequest {
+                repository: Some(Repository {
+                    storage_name: primary.clone(),
+                    relative_path: replica_path,
+                }),
+                only_if_empty: true,
+            };
+            match tokio::time::timeout(REMOVE_TIMEOUT, client.remove_repository(request)).await {
+                Ok(Ok(_)) => Ok(()),
+                // Nothing on the primary (never created there, or removed already).
+                Ok(Err(s)) if s.code() == tonic::Code::NotFound => Ok(()),
+                Ok(Err(s)) => Err(s),
+                Err(_) => Err(Status::unavailable(format!(
+                    "primary storage {primary} did not answer the conditional removal"
+                ))),
+            }
+        },
+    )
+    .await?
+    .ok_or_else(|| Status::not_found("repository not found"))?;
+    coordinator.cache.invalidate(removed.repository_id);
+    info!(repository_id = removed.repository_id, virtual_storage = %vs.name, relative_path,
+        "repository removed while still as created");
+    remove_replicas(vs, &removed.replica_path, &removed.storages).await;
     Ok(reply(RemoveRepositoryResponse {}))
 }
 

@@ -30,6 +30,7 @@ use deadpool_postgres::Pool;
 use futures::future::{BoxFuture, join_all};
 use gitcluster_proto::auth::TokenAuth;
 use gitcluster_proto::registry::{MethodInfo, Operation, Scope};
+use gitcluster_proto::relative_path::check_client_path;
 use gitcluster_proto::{MAX_MESSAGE_BYTES, registry};
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, ReflectMessage as _, Value};
@@ -55,6 +56,9 @@ use crate::topology::{Topology, TopologyHandle, VirtualStorage};
 pub const REQUESTS_METRIC: &str = "gitcluster_router_requests_total";
 /// Counter of reads routed to each storage.
 pub const READ_DISTRIBUTION_METRIC: &str = "gitcluster_router_read_distribution_total";
+/// Counter of mutators the primary applied without changing any ref or HEAD, which
+/// were therefore not recorded (no generation bump, no jobs).
+pub const UNCHANGED_WRITES_METRIC: &str = "gitcluster_router_unchanged_writes_total";
 /// Metadata key with which a caller forces reads to the primary.
 pub const ACCESSOR_POLICY_HEADER: &str = "gitcluster-route-repository-accessor-policy";
 
@@ -265,14 +269,17 @@ impl Coordinator {
             .and_then(|p| repository_at(&call.message, p))
             .ok_or_else(|| Status::invalid_argument("missing repository"))?;
         let vs = virtual_storage(&topology, &vs_name)?;
-        if relative_path.is_empty() {
-            return Err(Status::invalid_argument("empty relative path"));
-        }
+        // One set of rules for every call, before any lookup, reservation or node
+        // call: a path the nodes would refuse (or that looks like a replica path)
+        // never reaches the metadata.
+        check_path(&relative_path)?;
         match Lifecycle::of(&call.path) {
             Some(Lifecycle::Create) => {
                 return intercepted::create(self, call, vs, &relative_path).await;
             }
-            Some(Lifecycle::Remove) => return intercepted::remove(self, vs, &relative_path).await,
+            Some(Lifecycle::Remove) => {
+                return intercepted::remove(self, &call, vs, &relative_path).await;
+            }
             Some(Lifecycle::Rename) => {
                 return intercepted::rename(self, &call, vs, &relative_path).await;
             }
@@ -478,27 +485,36 @@ impl Coordinator {
         method: String,
     ) -> forward::Finalizer {
         let this = self.clone();
-        Box::new(move || -> BoxFuture<'static, Result<(), Status>> {
-            Box::pin(async move {
-                let recorded = db::finalize_write(&this.pool, &ctx, &primary).await;
-                // Whatever happened, the cached generations are stale now.
-                this.cache.invalidate(ctx.repository_id);
-                match recorded {
-                    Ok(jobs) => {
-                        this.outbox.publish_later(jobs, ctx.traceparent.clone());
-                        Ok(())
+        Box::new(
+            move |changed: bool| -> BoxFuture<'static, Result<(), Status>> {
+                Box::pin(async move {
+                    if !changed {
+                        // The node saw no ref and no HEAD change (a probe POST, an
+                        // all-rejected push, an update to the current value): bumping
+                        // would outdate every secondary for nothing (Praefect's #2977).
+                        metrics::counter!(UNCHANGED_WRITES_METRIC, "method" => method).increment(1);
+                        return Ok(());
                     }
-                    Err(e) => {
-                        error!(repository_id = ctx.repository_id, %primary, %method,
+                    let recorded = db::finalize_write(&this.pool, &ctx, &primary).await;
+                    // Whatever happened, the cached generations are stale now.
+                    this.cache.invalidate(ctx.repository_id);
+                    match recorded {
+                        Ok(jobs) => {
+                            this.outbox.publish_later(jobs, ctx.traceparent.clone());
+                            Ok(())
+                        }
+                        Err(e) => {
+                            error!(repository_id = ctx.repository_id, %primary, %method,
                             error = %format!("{e:#}"),
                             "write applied on the primary but not recorded; replicas will not follow until repaired");
-                        Err(Status::internal(
-                            "write applied on the primary but not recorded",
-                        ))
+                            Err(Status::internal(
+                                "write applied on the primary but not recorded",
+                            ))
+                        }
                     }
-                }
-            })
-        })
+                })
+            },
+        )
     }
 
     async fn maintenance(
@@ -553,6 +569,12 @@ fn advertises_empty_if_missing(message: &DynamicMessage) -> bool {
         .get_field_by_name("advertise_empty_if_missing")
         .and_then(|v| v.as_bool())
         .unwrap_or(false)
+}
+
+/// InvalidArgument with the rule `relative_path` breaks, if any (see
+/// `gitcluster_proto::relative_path`).
+pub(super) fn check_path(relative_path: &str) -> Result<(), Status> {
+    check_client_path(relative_path).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// The virtual storage called `name`, or InvalidArgument.
