@@ -7,6 +7,7 @@
 
 pub mod client_auth;
 pub mod config;
+mod default_branch;
 mod request_body;
 pub mod route;
 mod smart_http;

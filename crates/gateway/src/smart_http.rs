@@ -18,9 +18,21 @@
 //! a plain cancel (`CANCEL`, what dropping a tonic call sends) is *not* enough: tonic
 //! servers read it as a clean end. See `crate::abortable` and `CallDriver`.
 //!
-//! **Push-to-create.** A push to a missing repository creates it first. If this request
-//! created it and the push then fails or the client goes away before the response is
-//! complete, the repository is removed again, so an aborted first push leaves nothing.
+//! **Push-to-create.** A push to a missing repository creates it first, unless the
+//! body starts with a flush packet: git's 4-byte probe POST (`0000`, sent before a
+//! push bigger than `http.postBuffer`) and any other push without commands is
+//! answered with git's empty answer and creates nothing. If this request created
+//! the repository and the push then did not complete (the upstream failed, or the
+//! client went away before the upstream answered), the gateway asks the router for a
+//! *conditional* removal (`only_if_empty`): the router removes the repository only
+//! while it is still exactly as created — no write recorded, no ref and no write in
+//! flight on the primary. A push another client made meanwhile keeps it, and so does
+//! this request's own push once the upstream answered OK (recorded), whether or not
+//! the client read the last byte of the answer.
+//!
+//! **Default branch.** After a push completes, a HEAD left unborn is pointed at a
+//! branch (see `crate::default_branch`) before the response ends, so a clone right
+//! after the push checks something out.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,7 +63,7 @@ use tracing::{debug, info, warn};
 use crate::client_auth::{self, AuthOutcome, ClientAuth};
 use crate::request_body::{Chunk, expected_length, request_chunks};
 use crate::route::{self, Endpoint, GitService, RepoPath};
-use crate::upstream::{self, RepositoryClient, Upstream, plain};
+use crate::upstream::{self, RefClient, RepositoryClient, Upstream, plain};
 
 /// Counter of answered requests, labelled `service` and `code` (HTTP status).
 pub const REQUESTS_METRIC: &str = "gitcluster_gateway_requests_total";
@@ -219,10 +231,14 @@ async fn post_rpc(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    let created = match service {
-        GitService::UploadPack => None,
-        GitService::ReceivePack => match ensure_repository(state, repo).await {
-            Ok(created) => created,
+    let (created, body) = match service {
+        GitService::UploadPack => (None, body),
+        GitService::ReceivePack => match ensure_repository(state, repo, body).await {
+            Ok(Ensured::Ready(created, body)) => (created, body),
+            Ok(Ensured::NothingToDo) => {
+                let content_type = format!("application/x-{}-result", service.name());
+                return with_git_headers(Response::new(Body::empty()), &content_type);
+            }
             Err(response) => return response,
         },
     };
@@ -240,11 +256,16 @@ async fn post_rpc(
         GitService::UploadPack => "PostUploadPack",
         GitService::ReceivePack => "PostReceivePack",
     };
+    let after_push = match service {
+        GitService::UploadPack => None,
+        GitService::ReceivePack => Some((state.upstream.refs.clone(), repo.clone())),
+    };
     let driver = CallDriver {
         signals: signals.clone(),
         created,
         repo: name.clone(),
         rpc,
+        after_push,
     };
     let repository = Some(repo.to_proto());
     let upstream = state.upstream.clone();
@@ -354,12 +375,22 @@ pub(crate) struct CallSignals {
     pub(crate) body_failed: Arc<AtomicBool>,
 }
 
-/// Makes sure a push has a repository to land in. `Ok(Some(_))` when this request
-/// created it (and must remove it again if the push does not complete).
+/// What a push found before its call starts.
+enum Ensured {
+    /// Push into the repository; `Some` when this request created it. The body is
+    /// whole again (its first bytes may have been read to look for commands).
+    Ready(Option<Box<CreatedRepository>>, Body),
+    /// The repository does not exist and the body has no commands (git's probe POST):
+    /// git's own answer is empty, and nothing is created.
+    NothingToDo,
+}
+
+/// Makes sure a push has a repository to land in (see the module doc).
 async fn ensure_repository(
     state: &AppState,
     repo: &RepoPath,
-) -> Result<Option<CreatedRepository>, Response> {
+    body: Body,
+) -> Result<Ensured, Response> {
     let mut client = state.upstream.repository.clone();
     let name = display(repo);
     let exists = client
@@ -371,10 +402,15 @@ async fn ensure_repository(
         .into_inner()
         .exists;
     if exists {
-        return Ok(None);
+        return Ok(Ensured::Ready(None, body));
     }
     if !state.push_to_create {
         return Err(plain(StatusCode::NOT_FOUND, "repository not found"));
+    }
+    let (head, body) = peek(body, 4).await;
+    if head.starts_with(b"0000") {
+        debug!(repo = %name, "push without commands to a missing repository; nothing created");
+        return Ok(Ensured::NothingToDo);
     }
     let request = CreateRepositoryRequest {
         repository: Some(repo.to_proto()),
@@ -383,16 +419,41 @@ async fn ensure_repository(
     match client.create_repository(request).await {
         Ok(_) => {
             info!(repo = %name, "created repository for push");
-            Ok(Some(CreatedRepository {
-                client,
-                repo: repo.clone(),
-            }))
+            Ok(Ensured::Ready(
+                Some(Box::new(CreatedRepository {
+                    client,
+                    repo: repo.clone(),
+                })),
+                body,
+            ))
         }
         // A concurrent first push won the race: push into its repository, which is
         // not ours to remove.
-        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(None),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(Ensured::Ready(None, body)),
         Err(s) => Err(upstream::error_response(&s, "CreateRepository", &name)),
     }
+}
+
+/// Reads the body's first `n` bytes (fewer if it ends, or fails, sooner) and gives
+/// them back with a body that yields everything again, a read error included.
+async fn peek(body: Body, n: usize) -> (Vec<u8>, Body) {
+    let mut data = body.into_data_stream();
+    let mut seen: Vec<Result<Bytes, axum::Error>> = Vec::new();
+    let mut head = Vec::new();
+    while head.len() < n {
+        match data.next().await {
+            Some(Ok(bytes)) => {
+                head.extend_from_slice(&bytes[..bytes.len().min(n - head.len())]);
+                seen.push(Ok(bytes));
+            }
+            Some(Err(e)) => {
+                seen.push(Err(e));
+                break;
+            }
+            None => break,
+        }
+    }
+    (head, Body::from_stream(stream::iter(seen).chain(data)))
 }
 
 /// One item of the request stream: body bytes, or the order to abort.
@@ -445,9 +506,11 @@ enum Outcome {
 /// unless the push completed and its whole response reached the client.
 struct CallDriver {
     signals: CallSignals,
-    created: Option<CreatedRepository>,
+    created: Option<Box<CreatedRepository>>,
     repo: String,
     rpc: &'static str,
+    /// For a push: where to settle the default branch once the upstream answered OK.
+    after_push: Option<(RefClient, RepoPath)>,
 }
 
 /// Longest wait for an aborted request stream to reset before the call is dropped.
@@ -462,7 +525,13 @@ impl CallDriver {
         body_tx: mpsc::Sender<Result<Bytes, tonic::Status>>,
     ) {
         let mut relay = Box::pin(relay_call(
-            call, data, start_tx, body_tx, self.rpc, &self.repo,
+            call,
+            data,
+            start_tx,
+            body_tx,
+            self.rpc,
+            &self.repo,
+            self.after_push.clone(),
         ));
 
         let outcome = tokio::select! {
@@ -488,13 +557,11 @@ impl CallDriver {
         };
         drop(relay);
         let Some(created) = self.created else { return };
-        let keep = outcome == Outcome::Completed
-            && tokio::select! {
-                () = self.signals.delivered.cancelled() => true,
-                () = self.signals.client_gone.cancelled() => self.signals.delivered.is_cancelled(),
-            };
-        if !keep {
-            created.remove().await;
+        // A push the upstream answered OK was recorded: it stays, read or not. In
+        // every other case the router decides, atomically, whether the repository is
+        // still exactly as created (see the module doc).
+        if outcome != Outcome::Completed {
+            created.remove_if_as_created().await;
         }
     }
 }
@@ -508,6 +575,7 @@ async fn relay_call<R>(
     body_tx: mpsc::Sender<Result<Bytes, tonic::Status>>,
     rpc: &'static str,
     repo: &str,
+    after_push: Option<(RefClient, RepoPath)>,
 ) -> Outcome {
     let mut messages = match call.await {
         Ok(response) => response.into_inner(),
@@ -529,6 +597,10 @@ async fn relay_call<R>(
     }
     loop {
         let Some(message) = next else {
+            // Before the response ends, so a clone right after the push sees HEAD.
+            if let Some((refs, repo)) = after_push {
+                crate::default_branch::settle(refs, &repo).await;
+            }
             return Outcome::Completed;
         };
         if body_tx.send(Ok(Bytes::from(data(message)))).await.is_err() {
@@ -600,15 +672,20 @@ struct CreatedRepository {
 }
 
 impl CreatedRepository {
-    /// Removes the repository again (best effort): the first push did not complete.
-    async fn remove(mut self) {
+    /// Asks the router to remove the repository while it is still exactly as
+    /// created (best effort): the first push did not complete.
+    async fn remove_if_as_created(mut self) {
         let name = display(&self.repo);
         let request = RemoveRepositoryRequest {
             repository: Some(self.repo.to_proto()),
-            only_if_empty: false,
+            only_if_empty: true,
         };
         match self.client.remove_repository(request).await {
             Ok(_) => info!(repo = %name, "removed repository of an aborted first push"),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                info!(repo = %name, reason = s.message(),
+                    "repository of an aborted first push kept: it is no longer as created")
+            }
             Err(s) => warn!(repo = %name, code = ?s.code(), message = s.message(),
                 "cannot remove repository of an aborted first push"),
         }

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use axum::response::{IntoResponse as _, Response};
 use futures::Stream;
 use gitcluster_proto::auth::BearerToken;
+use gitcluster_proto::v1::ref_service_client::RefServiceClient;
 use gitcluster_proto::v1::repository_service_client::RepositoryServiceClient;
 use gitcluster_proto::v1::smart_http_service_client::SmartHttpServiceClient;
 use http::StatusCode;
@@ -24,6 +25,8 @@ pub type AuthChannel = InterceptedService<Channel, BearerToken>;
 pub type SmartHttpClient = SmartHttpServiceClient<AuthChannel>;
 /// Client of `RepositoryService` upstream.
 pub type RepositoryClient = RepositoryServiceClient<AuthChannel>;
+/// Client of `RefService` upstream.
+pub type RefClient = RefServiceClient<AuthChannel>;
 
 /// Clients sharing one lazily connected HTTP/2 channel to the upstream.
 #[derive(Clone)]
@@ -32,6 +35,8 @@ pub struct Upstream {
     pub smart_http: SmartHttpClient,
     /// Repository lifecycle (push-to-create).
     pub repository: RepositoryClient,
+    /// References (the default branch after a first push).
+    pub refs: RefClient,
     /// Raw client for the `Post*` calls, whose request streams must be abortable
     /// (see `crate::abortable`).
     pub grpc: tonic::client::Grpc<AuthChannel>,
@@ -61,6 +66,10 @@ impl Upstream {
             .max_decoding_message_size(max)
             .max_encoding_message_size(max)
             .accept_compressed(CompressionEncoding::Gzip);
+        let refs = RefServiceClient::with_interceptor(channel.clone(), token.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+            .accept_compressed(CompressionEncoding::Gzip);
         let grpc = tonic::client::Grpc::new(InterceptedService::new(channel, token))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max)
@@ -68,6 +77,7 @@ impl Upstream {
         Ok(Upstream {
             smart_http,
             repository,
+            refs,
             grpc,
         })
     }
