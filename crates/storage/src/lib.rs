@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod objects;
 pub mod paths;
 pub mod refs;
+pub mod refstate;
 pub mod replicate;
 pub mod repository;
 pub mod smarthttp;

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use gitcluster_proto::REFS_CHANGED_TRAILER;
 use gitcluster_proto::v1::ref_service_server::RefService;
 use gitcluster_proto::v1::{
     FindDefaultBranchRequest, FindDefaultBranchResponse, ListRefsRequest, ListRefsResponse,
@@ -10,10 +11,12 @@ use gitcluster_proto::v1::{
     UpdateReferencesResponse, list_refs_response,
 };
 use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::Node;
 use crate::git::last_line;
+use crate::refstate::{RefState, changed_value};
 use crate::stream::{ResponseStream, channel};
 
 /// References per ListRefs message.
@@ -80,6 +83,15 @@ fn update_ref_error(stderr: &[u8]) -> Status {
     } else {
         Status::internal(format!("git update-ref failed: {line}"))
     }
+}
+
+/// `response` with [`REFS_CHANGED_TRAILER`] set to `changed` in its headers (a unary
+/// call's answer carries it there; see [`crate::refstate`]).
+pub fn with_refs_changed<T>(mut response: Response<T>, changed: &'static str) -> Response<T> {
+    response
+        .metadata_mut()
+        .insert(REFS_CHANGED_TRAILER, MetadataValue::from_static(changed));
+    response
 }
 
 #[tonic::async_trait]
@@ -212,6 +224,7 @@ impl RefService for Refs {
             script.push(0);
         }
         script.extend_from_slice(b"prepare\0commit\0");
+        let before = RefState::load(&repo.path).await;
         let out = self
             .node
             .git
@@ -222,7 +235,11 @@ impl RefService for Refs {
         if !out.status.success() {
             return Err(update_ref_error(&out.stderr));
         }
-        Ok(Response::new(UpdateReferencesResponse {}))
+        let after = RefState::load(&repo.path).await;
+        Ok(with_refs_changed(
+            Response::new(UpdateReferencesResponse {}),
+            changed_value(&before, &after),
+        ))
     }
 
     async fn find_default_branch(
@@ -259,13 +276,18 @@ impl RefService for Refs {
             ));
         }
         check_ref_name(&self.node, &req.name).await?;
+        let before = RefState::load(&repo.path).await;
         self.node
             .git
             .command(Some(&repo.path))
             .args(["symbolic-ref", "HEAD", &req.name])
             .run()
             .await?;
-        Ok(Response::new(SetDefaultBranchResponse {}))
+        let after = RefState::load(&repo.path).await;
+        Ok(with_refs_changed(
+            Response::new(SetDefaultBranchResponse {}),
+            changed_value(&before, &after),
+        ))
     }
 }
 

@@ -14,19 +14,21 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use gitcluster_proto::STREAM_CHUNK_BYTES;
 use gitcluster_proto::v1::smart_http_service_server::SmartHttpService;
 use gitcluster_proto::v1::{
     InfoRefsRequest, InfoRefsResponse, PostReceivePackRequest, PostReceivePackResponse,
     PostUploadPackRequest, PostUploadPackResponse,
 };
+use gitcluster_proto::{REFS_CHANGED_TRAILER, STREAM_CHUNK_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::Node;
 use crate::git::{GitChild, last_line};
+use crate::refstate::{RefState, changed_value};
 use crate::repository::{init_bare, remove_quietly, temp_path};
 use crate::stream::{ResponseStream, channel};
 
@@ -154,14 +156,18 @@ impl SmartHttp {
 
 /// Pipes a request stream into a stateless-rpc git process and its stdout back
 /// (see the module doc). `first` is the data of the already-read first message.
+/// Returns true when git exited 0 after all its output was delivered; on every
+/// other outcome the error has been sent on `tx` (or the client is gone), so the
+/// caller only ends a successful call.
 pub(crate) async fn pump_stateless<In, Out>(
     mut child: GitChild,
     first: Vec<u8>,
     mut inbound: Streaming<In>,
     data_of: fn(In) -> Vec<u8>,
     wrap: fn(Vec<u8>) -> Out,
-    tx: mpsc::Sender<Result<Out, Status>>,
-) where
+    tx: &mpsc::Sender<Result<Out, Status>>,
+) -> bool
+where
     In: Send + 'static,
     Out: Send + 'static,
 {
@@ -170,7 +176,7 @@ pub(crate) async fn pump_stateless<In, Out>(
     let (Some(mut stdin), Some(mut stdout)) = (child.child.stdin.take(), child.child.stdout.take())
     else {
         let _ = tx.send(Err(Status::internal("git pipes missing"))).await;
-        return;
+        return false;
     };
     let aborted = CancellationToken::new();
     let writer = tokio::spawn({
@@ -213,7 +219,7 @@ pub(crate) async fn pump_stateless<In, Out>(
             () = aborted.cancelled() => {
                 child.kill().await;
                 let _ = tx.send(Err(inbound_failed(writer).await)).await;
-                return;
+                return false;
             }
             r = stdout.read(&mut buf) => r,
         };
@@ -226,7 +232,7 @@ pub(crate) async fn pump_stateless<In, Out>(
                 let _ = tx
                     .send(Err(Status::internal(format!("read git output: {e}"))))
                     .await;
-                return;
+                return false;
             }
         };
         let sent = tokio::select! {
@@ -234,7 +240,7 @@ pub(crate) async fn pump_stateless<In, Out>(
             () = aborted.cancelled() => {
                 child.kill().await;
                 let _ = tx.send(Err(inbound_failed(writer).await)).await;
-                return;
+                return false;
             }
             r = tx.send(Ok(wrap(buf[..n].to_vec()))) => r.is_ok(),
         };
@@ -242,7 +248,7 @@ pub(crate) async fn pump_stateless<In, Out>(
             // The client is gone: nothing it sent may take effect.
             child.kill().await;
             writer.abort();
-            return;
+            return false;
         }
     }
     let waited = tokio::select! {
@@ -253,11 +259,11 @@ pub(crate) async fn pump_stateless<In, Out>(
     let Some(waited) = waited else {
         // Dropping the wait future dropped the child, which kills it.
         let _ = tx.send(Err(inbound_failed(writer).await)).await;
-        return;
+        return false;
     };
     writer.abort();
     match waited {
-        Ok((status, _)) if status.success() => {}
+        Ok((status, _)) if status.success() => return true,
         Ok((_, stderr)) => {
             let line = last_line(&stderr);
             tracing::warn!(%command, error = %line, "git failed");
@@ -269,6 +275,16 @@ pub(crate) async fn pump_stateless<In, Out>(
             let _ = tx.send(Err(status)).await;
         }
     }
+    false
+}
+
+/// The status ending a successful streamed mutator: code OK with
+/// [`REFS_CHANGED_TRAILER`] in the trailers. Sent as the stream's last item, tonic
+/// turns it into `grpc-status: 0` plus that metadata, and clients see a normal end.
+pub fn ok_with_refs_changed(changed: &'static str) -> Status {
+    let mut md = MetadataMap::new();
+    md.insert(REFS_CHANGED_TRAILER, MetadataValue::from_static(changed));
+    Status::with_metadata(Code::Ok, "", md)
 }
 
 impl SmartHttp {
@@ -291,6 +307,11 @@ impl SmartHttp {
         let (repository, git_protocol) = header_of(&first);
         let repo = self.node.storages.locate(repository.as_ref())?;
         repo.require_exists()?;
+        // receive-pack reports whether it changed a reference (see `crate::refstate`).
+        let before = match service {
+            "receive-pack" => Some(RefState::load(&repo.path).await),
+            _ => None,
+        };
         let child = self
             .node
             .git
@@ -301,14 +322,17 @@ impl SmartHttp {
             .spawn()
             .await?;
         let (tx, stream) = channel();
-        tokio::spawn(pump_stateless(
-            child,
-            data_of(first),
-            inbound,
-            data_of,
-            wrap,
-            tx,
-        ));
+        let path = repo.path.clone();
+        tokio::spawn(async move {
+            let succeeded =
+                pump_stateless(child, data_of(first), inbound, data_of, wrap, &tx).await;
+            if let (true, Some(before)) = (succeeded, before) {
+                let after = RefState::load(&path).await;
+                let _ = tx
+                    .send(Err(ok_with_refs_changed(changed_value(&before, &after))))
+                    .await;
+            }
+        });
         Ok(stream)
     }
 }
