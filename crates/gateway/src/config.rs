@@ -11,6 +11,8 @@
 //! | (env only)             | `GITCLUSTER_GATEWAY_AUTH_TOKEN`           | unset: open      |
 //!
 //! The two secrets are read from the environment only, so they never show up in `ps`.
+//! A token that is set must be visible ASCII with no whitespace
+//! (`gitcluster_proto::auth::validate_token`); a set but empty variable is refused too.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -74,13 +76,21 @@ pub struct Cli {
 impl Cli {
     /// Validates the command line and adds the secrets from the environment.
     pub fn into_config(self) -> anyhow::Result<Config> {
-        let secret = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        // A variable that is set but empty (or not UTF-8) is a mistake to report, not
+        // "no token": an operator who set it meant to have one.
+        let secret = |name: &str| match std::env::var(name) {
+            Ok(v) => Ok(Some(v)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(anyhow::anyhow!(
+                "{name}: token must be visible ASCII without whitespace or control characters"
+            )),
+        };
         let config = Config {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             upstream: self.upstream,
-            upstream_token: secret(ENV_UPSTREAM_TOKEN),
-            auth_token: secret(ENV_AUTH_TOKEN),
+            upstream_token: secret(ENV_UPSTREAM_TOKEN)?,
+            auth_token: secret(ENV_AUTH_TOKEN)?,
             push_to_create: self.push_to_create,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
         };
@@ -136,12 +146,14 @@ impl Config {
         if uri.host().is_none() {
             bail!("upstream URL has no host: {:?}", self.upstream);
         }
-        gitcluster_proto::auth::BearerToken::new(self.upstream_token.as_deref())
-            .context("check upstream token")?;
-        if let Some(t) = &self.auth_token
-            && (t.is_empty() || t.chars().any(|c| c.is_control() || c == ' '))
-        {
-            bail!("client auth token must be non-empty printable text without spaces");
+        for (variable, token) in [
+            (ENV_UPSTREAM_TOKEN, &self.upstream_token),
+            (ENV_AUTH_TOKEN, &self.auth_token),
+        ] {
+            if let Some(token) = token {
+                gitcluster_proto::auth::validate_token(token)
+                    .map_err(|reason| anyhow::anyhow!("{variable}: {reason}"))?;
+            }
         }
         Ok(())
     }
@@ -230,9 +242,14 @@ mod tests {
         let mut c = Config::for_upstream("http://h:1");
         c.upstream_token = Some("bad\ntoken".into());
         assert!(c.validate().is_err());
-        let mut c = Config::for_upstream("http://h:1");
-        c.auth_token = Some("has space".into());
-        assert!(c.validate().is_err());
+        for bad in ["", " ", "has space", "tab\t", "é"] {
+            let mut c = Config::for_upstream("http://h:1");
+            c.auth_token = Some(bad.into());
+            assert!(c.validate().is_err(), "{bad:?}");
+            let mut c = Config::for_upstream("http://h:1");
+            c.upstream_token = Some(bad.into());
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -119,6 +119,20 @@ impl Interceptor for BearerToken {
     }
 }
 
+/// Checks that `token` can be a shared secret on the wire: non-empty and only visible
+/// ASCII (`!` to `~`), so it survives an HTTP header, a `Bearer` prefix and Basic auth
+/// unchanged. Whitespace is refused too: a secret with a stray space or newline from a
+/// file or an environment variable would silently never match.
+pub fn validate_token(token: &str) -> Result<(), &'static str> {
+    if token.is_empty() {
+        return Err("token is empty");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("token must be visible ASCII without whitespace or control characters");
+    }
+    Ok(())
+}
+
 /// Compares secrets without leaking the position of the first difference through timing.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
