@@ -62,6 +62,9 @@ pub struct Node {
     /// Held by each ReplicateRepository for its target, so replications onto one
     /// repository never interleave.
     pub replicating: fence::PathLocks,
+    /// Held shared by every ref-changing write for its repository and exclusively by
+    /// a conditional removal (see [`fence`]).
+    pub writes: fence::PathLocks,
 }
 
 /// The bound listeners of a node.
@@ -126,6 +129,7 @@ pub async fn serve(
         ssh_helper: config.ssh_helper.clone(),
         id: uuid::Uuid::new_v4().to_string(),
         replicating: fence::PathLocks::default(),
+        writes: fence::PathLocks::default(),
     });
 
     let readiness = admin::Readiness::default();

@@ -194,6 +194,9 @@ impl RefService for Refs {
     ) -> Result<Response<UpdateReferencesResponse>, Status> {
         let req = request.into_inner();
         let repo = self.node.storages.locate(req.repository.as_ref())?;
+        // Held before the existence check: a conditional removal either finished
+        // before (NotFound here) or waits for this write.
+        let _writing = self.node.writes.share(&repo.path).await;
         repo.require_exists()?;
         if req.updates.is_empty() {
             return Err(Status::invalid_argument("no updates"));
@@ -269,6 +272,7 @@ impl RefService for Refs {
     ) -> Result<Response<SetDefaultBranchResponse>, Status> {
         let req = request.into_inner();
         let repo = self.node.storages.locate(req.repository.as_ref())?;
+        let _writing = self.node.writes.share(&repo.path).await;
         repo.require_exists()?;
         if !req.name.starts_with("refs/heads/") {
             return Err(Status::invalid_argument(

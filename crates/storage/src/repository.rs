@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use gitcluster_proto::v1::repository_service_server::RepositoryService;
 use gitcluster_proto::v1::{
@@ -25,7 +25,13 @@ use tonic::{Request, Response, Status};
 use crate::Node;
 use crate::checksum::checksum_of_show_ref;
 use crate::paths::{INTERNAL_DIR, RepoPath, is_git_repo};
+use crate::refstate::RefState;
 use crate::stream::{ResponseStream, channel};
+
+/// How long a conditional removal waits for writes in flight to end before it
+/// refuses: long enough for a push that is about to finish, short enough that
+/// push-to-create's undo does not hang on a client that keeps its push open.
+pub const REMOVE_WAIT_FOR_WRITES: Duration = Duration::from_secs(2);
 
 /// Number of repositories per ListRepositories message.
 const LIST_BATCH: usize = 100;
@@ -272,11 +278,35 @@ impl RepositoryService for Repositories {
         &self,
         request: Request<RemoveRepositoryRequest>,
     ) -> Result<Response<RemoveRepositoryResponse>, Status> {
-        let repo = self
-            .node
-            .storages
-            .locate(request.get_ref().repository.as_ref())?;
-        repo.require_exists()?;
+        let req = request.into_inner();
+        let repo = self.node.storages.locate(req.repository.as_ref())?;
+        // A conditional removal holds the repository's write fence exclusively from
+        // its check to the rename, so no write starts in between (see `crate::fence`).
+        let _fenced = if req.only_if_empty {
+            let fenced =
+                tokio::time::timeout(REMOVE_WAIT_FOR_WRITES, self.node.writes.lock(&repo.path))
+                    .await
+                    .map_err(|_| {
+                        Status::failed_precondition(format!(
+                            "a write to the repository is still in flight after {} s",
+                            REMOVE_WAIT_FOR_WRITES.as_secs()
+                        ))
+                    })?;
+            repo.require_exists()?;
+            let state = RefState::load(&repo.path).await.map_err(|s| {
+                Status::failed_precondition(format!(
+                    "cannot tell whether the repository is empty: {}",
+                    s.message()
+                ))
+            })?;
+            if let Some(why) = state.why_not_pristine() {
+                return Err(Status::failed_precondition(why));
+            }
+            Some(fenced)
+        } else {
+            repo.require_exists()?;
+            None
+        };
         let tmp = temp_path(&repo, "removed");
         match tokio::fs::rename(&repo.path, &tmp).await {
             Ok(()) => {}

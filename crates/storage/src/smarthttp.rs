@@ -306,6 +306,12 @@ impl SmartHttp {
             .ok_or_else(|| Status::invalid_argument("empty request stream"))?;
         let (repository, git_protocol) = header_of(&first);
         let repo = self.node.storages.locate(repository.as_ref())?;
+        // A push is a write from its first message to its end (see `crate::fence`);
+        // held before the existence check so a conditional removal cannot slip in.
+        let writing = match service {
+            "receive-pack" => Some(self.node.writes.share(&repo.path).await),
+            _ => None,
+        };
         repo.require_exists()?;
         // receive-pack reports whether it changed a reference (see `crate::refstate`).
         let before = match service {
@@ -332,6 +338,7 @@ impl SmartHttp {
                     .send(Err(ok_with_refs_changed(changed_value(&before, &after))))
                     .await;
             }
+            drop(writing);
         });
         Ok(stream)
     }
