@@ -16,6 +16,7 @@ build:
 
 # Integration tests run the built binaries, so build them first.
 test: services
+	@deploy/local/ensure-pyclients.sh
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
