@@ -7,6 +7,9 @@
 //! | `--upstream`           | `GITCLUSTER_GATEWAY_UPSTREAM`             | required         |
 //! | `--push-to-create`     | `GITCLUSTER_GATEWAY_PUSH_TO_CREATE`       | `true`           |
 //! | `--drain-timeout-secs` | `GITCLUSTER_GATEWAY_DRAIN_TIMEOUT_SECS`   | `30`             |
+//! | `--header-read-timeout-secs` | `GITCLUSTER_GATEWAY_HEADER_READ_TIMEOUT_SECS` | `10`   |
+//! | `--body-idle-timeout-secs` | `GITCLUSTER_GATEWAY_BODY_IDLE_TIMEOUT_SECS` | `60`       |
+//! | `--upstream-connections` | `GITCLUSTER_GATEWAY_UPSTREAM_CONNECTIONS` | `4`            |
 //! | (env only)             | `GITCLUSTER_GATEWAY_UPSTREAM_TOKEN`       | unset: no token  |
 //! | (env only)             | `GITCLUSTER_GATEWAY_AUTH_TOKEN`           | unset: open      |
 //!
@@ -68,6 +71,33 @@ pub struct Cli {
         default_value_t = 30
     )]
     pub drain_timeout_secs: u64,
+    /// How long a client may take to send a request's line and headers before its
+    /// connection is closed (slow-header clients otherwise hold sockets forever).
+    #[arg(
+        long,
+        env = "GITCLUSTER_GATEWAY_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub header_read_timeout_secs: u64,
+    /// How long a request body may send nothing before the request is answered 408,
+    /// its connection closed and its upstream call aborted.
+    #[arg(
+        long,
+        env = "GITCLUSTER_GATEWAY_BODY_IDLE_TIMEOUT_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub body_idle_timeout_secs: u64,
+    /// HTTP/2 connections to the upstream, used round-robin: a lost connection costs
+    /// only the calls it carried.
+    #[arg(
+        long,
+        env = "GITCLUSTER_GATEWAY_UPSTREAM_CONNECTIONS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u64).range(1..=64)
+    )]
+    pub upstream_connections: u64,
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub dump_config: bool,
@@ -93,6 +123,10 @@ impl Cli {
             auth_token: secret(ENV_AUTH_TOKEN)?,
             push_to_create: self.push_to_create,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            body_idle_timeout: Duration::from_secs(self.body_idle_timeout_secs),
+            upstream_connections: usize::try_from(self.upstream_connections)
+                .context("--upstream-connections")?,
         };
         config.validate()?;
         Ok(config)
@@ -117,6 +151,12 @@ pub struct Config {
     pub push_to_create: bool,
     /// How long in-flight requests may run after shutdown begins.
     pub drain_timeout: Duration,
+    /// Longest wait for a request's line and headers.
+    pub header_read_timeout: Duration,
+    /// Longest silence of a request body.
+    pub body_idle_timeout: Duration,
+    /// Number of HTTP/2 connections to the upstream (at least 1).
+    pub upstream_connections: usize,
 }
 
 impl Config {
@@ -130,6 +170,9 @@ impl Config {
             auth_token: None,
             push_to_create: true,
             drain_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(60),
+            upstream_connections: 4,
         }
     }
 
@@ -142,6 +185,12 @@ impl Config {
                 "upstream URL must start with http:// or https://, got {:?}",
                 self.upstream
             ),
+        }
+        if self.header_read_timeout.is_zero() || self.body_idle_timeout.is_zero() {
+            bail!("header read and body idle timeouts must be positive");
+        }
+        if self.upstream_connections == 0 {
+            bail!("--upstream-connections must be at least 1");
         }
         if uri.host().is_none() {
             bail!("upstream URL has no host: {:?}", self.upstream);
@@ -168,7 +217,10 @@ impl Config {
              {ENV_UPSTREAM_TOKEN}={}\n\
              {ENV_AUTH_TOKEN}={}\n\
              GITCLUSTER_GATEWAY_PUSH_TO_CREATE={}\n\
-             GITCLUSTER_GATEWAY_DRAIN_TIMEOUT_SECS={}",
+             GITCLUSTER_GATEWAY_DRAIN_TIMEOUT_SECS={}\n\
+             GITCLUSTER_GATEWAY_HEADER_READ_TIMEOUT_SECS={}\n\
+             GITCLUSTER_GATEWAY_BODY_IDLE_TIMEOUT_SECS={}\n\
+             GITCLUSTER_GATEWAY_UPSTREAM_CONNECTIONS={}",
             self.listen,
             self.metrics_listen,
             self.upstream,
@@ -176,6 +228,9 @@ impl Config {
             secret(&self.auth_token),
             self.push_to_create,
             self.drain_timeout.as_secs(),
+            self.header_read_timeout.as_secs(),
+            self.body_idle_timeout.as_secs(),
+            self.upstream_connections,
         )
     }
 }
@@ -192,6 +247,9 @@ impl fmt::Debug for Config {
             .field("auth_token", &redact(&self.auth_token))
             .field("push_to_create", &self.push_to_create)
             .field("drain_timeout", &self.drain_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_idle_timeout", &self.body_idle_timeout)
+            .field("upstream_connections", &self.upstream_connections)
             .finish()
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod client_auth;
 pub mod config;
+mod http_server;
 mod default_branch;
 mod request_body;
 pub mod route;
@@ -106,12 +107,12 @@ pub async fn serve(
             info!("shutdown requested, draining in-flight requests");
         }
     };
-    // Git's small negotiation packets must not wait for delayed ACKs.
-    let http = axum::serve::ListenerExt::tap_io(listeners.http, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(http, app).with_graceful_shutdown(stop_accepting);
-    let server = server.into_future();
+    let server = http_server::serve(
+        listeners.http,
+        app,
+        config.header_read_timeout,
+        stop_accepting,
+    );
     tokio::pin!(server);
     ready.set(true);
     info!(upstream = %config.upstream, push_to_create = config.push_to_create, auth = config.auth_token.is_some(), "gateway serving");
@@ -135,7 +136,7 @@ pub async fn serve(
         }
     };
     let result = tokio::select! {
-        r = &mut server => r.context("serve http"),
+        () = &mut server => Ok(()),
         () = drain_deadline => {
             warn!(timeout = ?config.drain_timeout, "drain deadline passed, dropping in-flight requests");
             Ok(())

@@ -1,0 +1,65 @@
+//! The gateway's HTTP accept loop.
+//!
+//! Its own rather than `axum::serve` for one knob: hyper's `header_read_timeout`. A
+//! client that sends its request line and headers slowly (one byte a second), an
+//! HTTP/0.9 request line hyper keeps waiting on, or a connection that opens and says
+//! nothing would otherwise hold its socket and task forever. With the bound, hyper closes
+//! the connection when a request's head is not complete in time (idle keep-alive
+//! connections included: git simply opens a new one).
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+/// Serves `app` on `listener` until `stop_accepting` resolves, then waits for the open
+/// connections to finish their requests (the caller bounds that wait).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    stop_accepting: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop_accepting);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop_accepting => break,
+        };
+        // Git's small negotiation packets must not wait for delayed ACKs.
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
