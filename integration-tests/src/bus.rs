@@ -1,15 +1,15 @@
 //! RabbitMQ helpers for tests: queue depths and clean-up of a cluster's exchanges and
 //! queues (each cluster uses its own name prefix, so tests never see each other's jobs).
 
-use gitcluster_proto::bus::lapin::options::{
+use gitcluster_common::bus::lapin::options::{
     ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use gitcluster_proto::bus::lapin::types::FieldTable;
+use gitcluster_common::bus::lapin::types::FieldTable;
 use gitcluster_proto::jobs::BusNames;
 
 /// Number of ready messages in `queue` (0 when it does not exist).
 pub async fn queue_depth(queue: &str) -> anyhow::Result<u32> {
-    let conn = gitcluster_proto::bus::connect(&crate::amqp_url(), "integration-tests").await?;
+    let conn = gitcluster_common::bus::connect(&crate::amqp_url(), "integration-tests").await?;
     let ch = conn.create_channel().await?;
     let passive = QueueDeclareOptions {
         passive: true,
@@ -49,7 +49,7 @@ pub fn delete_topology(prefix: &str, storages: &[String], retry_delays: &[u64]) 
         };
         rt.block_on(async move {
             let Ok(conn) =
-                gitcluster_proto::bus::connect(&crate::amqp_url(), "integration-tests").await
+                gitcluster_common::bus::connect(&crate::amqp_url(), "integration-tests").await
             else {
                 return;
             };
@@ -108,7 +108,7 @@ pub async fn consuming_connections(prefix: &str) -> anyhow::Result<Vec<String>> 
 }
 
 /// Names of the broker connections whose client-given name (`connection_name`, see
-/// `gitcluster_proto::bus::connect`) starts with `label`, sorted.
+/// `gitcluster_common::bus::connect`) starts with `label`, sorted.
 pub async fn connections_labelled(label: &str) -> anyhow::Result<Vec<String>> {
     connection_names(
         "/api/connections",

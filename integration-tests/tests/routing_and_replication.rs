@@ -338,19 +338,19 @@ async fn replicator_killed_mid_backlog_converges_after_restart_and_duplicates_ar
         target_storage: row.get(2),
     };
     let before = replica_generations(&cluster, job.repository_id).await;
-    let conn = gitcluster_proto::bus::connect(&gitcluster_integration_tests::amqp_url(), "test")
+    let conn = gitcluster_common::bus::connect(&gitcluster_integration_tests::amqp_url(), "test")
         .await
         .unwrap();
     let publisher =
-        gitcluster_proto::bus::Publisher::new(&conn, BusNames::new(&cluster.bus_prefix), "test")
+        gitcluster_common::bus::Publisher::new(&conn, BusNames::new(&cluster.bus_prefix), "test")
             .await
             .unwrap();
     for _ in 0..2 {
         publisher
             .publish(
                 &job,
-                gitcluster_proto::bus::Destination::Queue,
-                gitcluster_proto::bus::Envelope {
+                gitcluster_common::bus::Destination::Queue,
+                gitcluster_common::bus::Envelope {
                     attempt: 1,
                     ..Default::default()
                 },

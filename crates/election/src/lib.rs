@@ -9,8 +9,9 @@
 
 use std::net::SocketAddr;
 
-use gitcluster_proto::admin;
-use gitcluster_proto::service::{DatabaseArgs, ServiceConfig};
+use gitcluster_common::admin;
+use gitcluster_common::database::DatabaseArgs;
+use gitcluster_common::service::ServiceConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 

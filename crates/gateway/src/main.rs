@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use gitcluster_gateway::Cli;
-use gitcluster_proto::service;
+use gitcluster_common::service;
 
 const SERVICE: &str = "gitcluster-gateway";
 

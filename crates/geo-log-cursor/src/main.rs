@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use gitcluster_geo_log_cursor::{Config, run};
-use gitcluster_proto::service;
+use gitcluster_common::service;
 
 fn main() -> ExitCode {
     service::main::<Config, _, _>(

@@ -1,19 +1,15 @@
-//! gitcluster's one shared crate: the gRPC contracts of package `gitcluster.v1`, the
-//! operation registry derived from their annotations, and the thin plumbing every
-//! service needs to speak them (token auth, telemetry, the admin HTTP port, shutdown).
-//! No business logic and no SQL live here.
+//! gitcluster's contracts: the gRPC code of package `gitcluster.v1`, the operation
+//! registry derived from its annotations, the replication-job format, the token
+//! interceptor, the relative-path rules every service applies, and the abortable
+//! request codec. Service plumbing (the shared main, telemetry, admin port, database
+//! and bus connections) lives in `gitcluster-common`. No business logic and no SQL
+//! live here.
 
 pub mod abortable;
-pub mod admin;
 pub mod auth;
-#[cfg(feature = "bus")]
-pub mod bus;
 pub mod jobs;
 pub mod registry;
 pub mod relative_path;
-pub mod service;
-pub mod shutdown;
-pub mod telemetry;
 
 use std::sync::OnceLock;
 

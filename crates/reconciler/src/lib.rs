@@ -7,8 +7,9 @@
 
 use std::net::SocketAddr;
 
-use gitcluster_proto::admin;
-use gitcluster_proto::service::{BusArgs, DatabaseArgs, ServiceConfig};
+use gitcluster_common::admin;
+use gitcluster_common::database::DatabaseArgs;
+use gitcluster_common::service::{BusArgs, ServiceConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use gitcluster_proto::service;
+use gitcluster_common::service;
 use gitcluster_reconciler::{Config, run};
 
 fn main() -> ExitCode {

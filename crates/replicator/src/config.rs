@@ -19,7 +19,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gitcluster_proto::service::{BusArgs, DatabaseArgs, ServiceConfig};
+use gitcluster_common::database::DatabaseArgs;
+use gitcluster_common::service::{BusArgs, ServiceConfig};
 
 /// Environment variable holding the internal token presented to storage nodes.
 pub const TOKEN_ENV: &str = "GITCLUSTER_INTERNAL_TOKEN";

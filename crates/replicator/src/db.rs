@@ -10,7 +10,7 @@ use tokio_postgres::error::SqlState;
 
 /// Builds the pool (connections are opened lazily, on first use).
 pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
-    let mut pg = gitcluster_proto::service::postgres_config(url)?;
+    let mut pg = gitcluster_common::database::postgres_config(url)?;
     pg.application_name("gitcluster-replicator");
     let manager = Manager::from_config(
         pg,

@@ -27,14 +27,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use gitcluster_proto::bus::lapin::Acker;
-use gitcluster_proto::bus::lapin::BasicProperties;
-use gitcluster_proto::bus::lapin::message::Delivery;
-use gitcluster_proto::bus::lapin::options::{
+use gitcluster_common::bus::lapin::Acker;
+use gitcluster_common::bus::lapin::BasicProperties;
+use gitcluster_common::bus::lapin::message::Delivery;
+use gitcluster_common::bus::lapin::options::{
     BasicAckOptions, BasicNackOptions, BasicPublishOptions,
 };
-use gitcluster_proto::bus::lapin::types::{AMQPValue, FieldTable, ShortString};
-use gitcluster_proto::bus::{self, Destination, Envelope, Publisher};
+use gitcluster_common::bus::lapin::types::{AMQPValue, FieldTable, ShortString};
+use gitcluster_common::bus::{self, Destination, Envelope, Publisher};
 use gitcluster_proto::jobs::{
     ATTEMPT_HEADER, CONTENT_TYPE, ERROR_HEADER, ReplicationJob, TRACEPARENT_HEADER,
 };

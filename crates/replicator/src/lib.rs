@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use gitcluster_proto::admin::{self, Readiness};
-use gitcluster_proto::bus;
+use gitcluster_common::admin::{self, Readiness};
+use gitcluster_common::bus;
 use gitcluster_proto::jobs::BusNames;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use gitcluster_proto::service;
+use gitcluster_common::service;
 use gitcluster_replicator::{Config, SERVICE, run};
 
 fn main() -> ExitCode {

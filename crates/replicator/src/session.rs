@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use gitcluster_proto::admin::Readiness;
-use gitcluster_proto::bus::lapin::message::Delivery;
-use gitcluster_proto::bus::lapin::options::{
+use gitcluster_common::admin::Readiness;
+use gitcluster_common::bus::lapin::message::Delivery;
+use gitcluster_common::bus::lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
 };
-use gitcluster_proto::bus::lapin::types::{FieldTable, ShortString};
-use gitcluster_proto::bus::lapin::{self, Channel, Connection, Consumer, Event};
-use gitcluster_proto::bus::{self, Publisher};
+use gitcluster_common::bus::lapin::types::{FieldTable, ShortString};
+use gitcluster_common::bus::lapin::{self, Channel, Connection, Consumer, Event};
+use gitcluster_common::bus::{self, Publisher};
 use gitcluster_proto::jobs::BusNames;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;

@@ -12,14 +12,14 @@ use anyhow::{Context as _, ensure};
 use gitcluster_integration_tests::{
     Cluster, TestDb, binary, eventually, free_port, git, http_get, metric_sum, patience,
 };
-use gitcluster_proto::bus::lapin::message::BasicGetMessage;
-use gitcluster_proto::bus::lapin::options::{
+use gitcluster_common::bus::lapin::message::BasicGetMessage;
+use gitcluster_common::bus::lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use gitcluster_proto::bus::lapin::types::FieldTable;
-use gitcluster_proto::bus::lapin::{BasicProperties, Channel, Connection};
-use gitcluster_proto::bus::{self, Destination, Envelope, Publisher};
+use gitcluster_common::bus::lapin::types::FieldTable;
+use gitcluster_common::bus::lapin::{BasicProperties, Channel, Connection};
+use gitcluster_common::bus::{self, Destination, Envelope, Publisher};
 use gitcluster_proto::jobs::{BusNames, Change, ERROR_HEADER, ReplicationJob};
 use gitcluster_proto::v1::{CalculateChecksumRequest, RepositoryExistsRequest};
 

@@ -40,7 +40,7 @@ async fn unmigrated_database_exits_78_with_one_line_naming_sql_migrate() {
 async fn migrated_database_serves_healthz_and_sigterm_exits_cleanly() {
     let db = TestDb::create(true).await;
     let port = free_port();
-    let prefix = format!("t{}", gitcluster_proto::bus::new_job_id().simple());
+    let prefix = format!("t{}", gitcluster_common::bus::new_job_id().simple());
     let mut child = replicator(&db.url, port)
         .env("GITCLUSTER_BUS_PREFIX", &prefix)
         .stdout(Stdio::null())
@@ -76,11 +76,11 @@ async fn migrated_database_serves_healthz_and_sigterm_exits_cleanly() {
 
 /// Deletes what the replicator declared under `prefix` with its default retry delays.
 async fn delete_base_topology(prefix: &str) {
-    use gitcluster_proto::bus::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    use gitcluster_common::bus::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let names = gitcluster_proto::jobs::BusNames::new(prefix);
     let url = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let conn = gitcluster_proto::bus::connect(&url, "replicator-test")
+    let conn = gitcluster_common::bus::connect(&url, "replicator-test")
         .await
         .expect("RabbitMQ reachable");
     let ch = conn.create_channel().await.expect("channel");

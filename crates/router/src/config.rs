@@ -20,7 +20,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gitcluster_proto::service::{BusArgs, DatabaseArgs, ServiceConfig};
+use gitcluster_common::database::DatabaseArgs;
+use gitcluster_common::service::{BusArgs, ServiceConfig};
 
 /// Environment variable holding the token clients must present.
 pub const ENV_TOKEN: &str = "GITCLUSTER_ROUTER_TOKEN";

@@ -33,7 +33,7 @@ const DELETE_REPOSITORY: &str = include_str!("queries/delete_repository.sql");
 /// # Panics
 /// Outside a Tokio runtime.
 pub fn pool(url: &str) -> anyhow::Result<Pool> {
-    let pg_config = gitcluster_proto::service::postgres_config(url)?;
+    let pg_config = gitcluster_common::database::postgres_config(url)?;
     let manager = Manager::from_connect(
         pg_config,
         OnRuntime(tokio::runtime::Handle::current()),
@@ -168,7 +168,7 @@ impl JobContext {
         targets
             .into_iter()
             .map(|target| ReplicationJob {
-                job_id: gitcluster_proto::bus::new_job_id().to_string(),
+                job_id: gitcluster_common::bus::new_job_id().to_string(),
                 change: Change::Update,
                 repository_id: self.repository_id,
                 virtual_storage: self.virtual_storage.clone(),

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gitcluster_proto::admin::{self, Readiness};
+use gitcluster_common::admin::{self, Readiness};
 use gitcluster_proto::auth::TokenAuth;
 use gitcluster_proto::jobs::BusNames;
 use tokio::net::TcpListener;

@@ -76,7 +76,7 @@ async fn session(
     topology: &TopologyHandle,
     delay: &mut Duration,
 ) -> anyhow::Result<()> {
-    let mut config = gitcluster_proto::service::postgres_config(url)?;
+    let mut config = gitcluster_common::database::postgres_config(url)?;
     // So operators (and tests) can find this connection in pg_stat_activity.
     if config.get_application_name().is_none() {
         config.application_name(LISTENER_APPLICATION_NAME);

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use gitcluster_proto::service;
+use gitcluster_common::service;
 use gitcluster_storage::config::{Args, Config};
 use gitcluster_storage::ssh;
 

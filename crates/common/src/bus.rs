@@ -1,5 +1,5 @@
 //! AMQP plumbing for the replication job bus (feature `bus`): declaring the topology
-//! described in [`crate::jobs`] and publishing jobs with publisher confirms.
+//! described in [`gitcluster_proto::jobs`] and publishing jobs with publisher confirms.
 //!
 //! Every publish is `mandatory` and waits for the broker's confirm: an unroutable
 //! message is returned (and still acked) by RabbitMQ, so a confirm alone does not
@@ -12,7 +12,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::jobs::{
+use gitcluster_proto::jobs::{
     ATTEMPT_HEADER, BusNames, CONTENT_TYPE, ERROR_HEADER, ReplicationJob, TRACEPARENT_HEADER,
 };
 

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use gitcluster_proto::bus::lapin::options::{
+use gitcluster_common::bus::lapin::options::{
     BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
-use gitcluster_proto::bus::{self, Destination, Envelope, PublishError, Publisher};
+use gitcluster_common::bus::{self, Destination, Envelope, PublishError, Publisher};
 use gitcluster_proto::jobs::{BusNames, Change, ReplicationJob, TRACEPARENT_HEADER};
 
 fn amqp_url() -> String {
