@@ -1,7 +1,7 @@
 //! RPCs the router answers from, or records in, the metadata instead of proxying:
 //! repository creation, removal, rename, existence, and listing.
 //!
-//! Their atomicity comes from metadata transactions (DESIGN §2.4): create = reserve
+//! Their atomicity comes from metadata transactions (docs/architecture.md, invariant 4): create = reserve
 //! an id → create the replicas at the id's unique path → insert the record (a
 //! concurrent loser gets AlreadyExists and removes what it created); delete = delete
 //! the record (the repository is gone) → best-effort removal of the replicas; rename
