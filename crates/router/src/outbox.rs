@@ -10,8 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use gitcluster_common::redact::redact_url;
 use gitcluster_common::bus::{self, Destination, Envelope, Publisher};
+use gitcluster_common::redact::redact_url;
 use gitcluster_proto::jobs::{BusNames, ReplicationJob};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};

@@ -15,7 +15,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
-use crate::proxy::{Lane, READ_DISTRIBUTION_METRIC};
+use crate::lane::Lane;
+use crate::metrics::READ_DISTRIBUTION_METRIC;
 
 /// Channel to a storage node that adds the internal token to every call.
 pub type NodeChannel = InterceptedService<Channel, BearerToken>;

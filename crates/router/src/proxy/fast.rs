@@ -29,10 +29,9 @@ use tracing::warn;
 
 use super::forward::CallCount;
 use super::intercepted::Lifecycle;
-use super::lane::LaneBody;
-use super::{
-    Coordinator, INTERNAL_SERVICE, count_request, repository_at, rewrite, virtual_storage,
-};
+use super::message::{repository_at, rewrite};
+use super::{Coordinator, INTERNAL_SERVICE, count_request, virtual_storage};
+use crate::lane::LaneBody;
 use gitcluster_proto::registry::{MethodInfo, Operation, Scope};
 use gitcluster_proto::relative_path::check_client_path;
 use gitcluster_proto::{MAX_MESSAGE_BYTES, registry};

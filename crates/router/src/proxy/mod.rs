@@ -19,46 +19,40 @@
 mod fast;
 mod forward;
 mod intercepted;
-mod lane;
+mod message;
+mod service;
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use deadpool_postgres::Pool;
 use futures::future::{BoxFuture, join_all};
 use gitcluster_proto::auth::TokenAuth;
+use gitcluster_proto::registry;
 use gitcluster_proto::registry::{MethodInfo, Operation, Scope};
 use gitcluster_proto::relative_path::check_client_path;
-use gitcluster_proto::{MAX_MESSAGE_BYTES, registry};
-use prost::Message as _;
-use prost_reflect::{DynamicMessage, ReflectMessage as _, Value};
+use prost_reflect::DynamicMessage;
 use rand::seq::{IndexedRandom as _, SliceRandom as _};
 use tokio_util::sync::CancellationToken;
-use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, warn};
 
+pub use crate::lane::Lane;
+pub use crate::metrics::{
+    READ_DISTRIBUTION_METRIC, REQUESTS_METRIC, UNCHANGED_WRITES_METRIC, count_request,
+};
 pub use forward::{Counted, ReplyStream};
-pub use lane::Lane;
+use message::{repository_at, string_at};
+pub use service::Proxy;
 
 use self::intercepted::Lifecycle;
-use crate::codec::BytesCodec;
 use crate::db::{self, JobContext};
 use crate::health::HealthObserver;
 use crate::metadata::{MetadataCache, RepositoryMetadata};
 use crate::outbox::Outbox;
 use crate::topology::{Topology, TopologyHandle, VirtualStorage};
 
-/// Counter of finished requests by method and gRPC code.
-pub const REQUESTS_METRIC: &str = "gitcluster_router_requests_total";
-/// Counter of reads routed to each storage.
-pub const READ_DISTRIBUTION_METRIC: &str = "gitcluster_router_read_distribution_total";
-/// Counter of mutators the primary applied without changing any ref or HEAD, which
-/// were therefore not recorded (no generation bump, no jobs).
-pub const UNCHANGED_WRITES_METRIC: &str = "gitcluster_router_unchanged_writes_total";
 /// Metadata key with which a caller forces reads to the primary.
 pub const ACCESSOR_POLICY_HEADER: &str = "gitcluster-route-repository-accessor-policy";
 
@@ -67,11 +61,6 @@ const INTERNAL_SERVICE: &str = "/gitcluster.v1.InternalService/";
 
 fn repository_method(name: &str) -> String {
     format!("{REPOSITORY_SERVICE}{name}")
-}
-
-pub(crate) fn count_request(method: &str, code: tonic::Code) {
-    metrics::counter!(REQUESTS_METRIC, "method" => method.to_owned(), "code" => format!("{code:?}"))
-        .increment(1);
 }
 
 /// Everything a routing decision needs, shared by every request.
@@ -117,83 +106,8 @@ impl Call {
         replica_path: &str,
         additional: Option<&str>,
     ) -> Result<Bytes, Status> {
-        rewrite(&self.message, self.info, storage, replica_path, additional)
+        message::rewrite(&self.message, self.info, storage, replica_path, additional)
     }
-}
-
-/// `message` with its target repository pointed at `replica_path` on `storage`, and
-/// its additional repository (if any) at `additional`, encoded.
-fn rewrite(
-    message: &DynamicMessage,
-    info: &MethodInfo,
-    storage: &str,
-    replica_path: &str,
-    additional: Option<&str>,
-) -> Result<Bytes, Status> {
-    let mut message = message.clone();
-    if let Some(path) = &info.target_repository {
-        set_repository(&mut message, path, storage, replica_path)?;
-    }
-    if let (Some(path), Some(replica)) = (&info.additional_repository, additional) {
-        set_repository(&mut message, path, storage, replica)?;
-    }
-    Ok(Bytes::from(message.encode_to_vec()))
-}
-
-/// Reads the `Repository` at `path`, if set: `(storage_name, relative_path)`.
-fn repository_at(message: &DynamicMessage, path: &[u32]) -> Option<(String, String)> {
-    let (first, rest) = path.split_first()?;
-    if !message.has_field_by_number(*first) {
-        return None;
-    }
-    let value = message.get_field_by_number(*first)?;
-    let inner = value.as_message()?;
-    if rest.is_empty() {
-        let storage = inner
-            .get_field_by_name("storage_name")?
-            .as_str()?
-            .to_owned();
-        let relative = inner
-            .get_field_by_name("relative_path")?
-            .as_str()?
-            .to_owned();
-        Some((storage, relative))
-    } else {
-        repository_at(inner, rest)
-    }
-}
-
-/// Reads the string at `path`.
-fn string_at(message: &DynamicMessage, path: &[u32]) -> Option<String> {
-    let (first, rest) = path.split_first()?;
-    let value = message.get_field_by_number(*first)?;
-    if rest.is_empty() {
-        value.as_str().map(str::to_owned)
-    } else {
-        string_at(value.as_message()?, rest)
-    }
-}
-
-fn set_repository(
-    message: &mut DynamicMessage,
-    path: &[u32],
-    storage: &str,
-    relative_path: &str,
-) -> Result<(), Status> {
-    let mut current = message;
-    for number in path {
-        let field = current
-            .descriptor()
-            .get_field(*number)
-            .ok_or_else(|| Status::internal("registry field path does not match the message"))?;
-        current = match current.get_field_mut(&field) {
-            Value::Message(inner) => inner,
-            _ => return Err(Status::internal("repository field is not a message")),
-        };
-    }
-    current.set_field_by_name("storage_name", Value::String(storage.to_owned()));
-    current.set_field_by_name("relative_path", Value::String(relative_path.to_owned()));
-    Ok(())
 }
 
 impl Coordinator {
@@ -582,99 +496,4 @@ fn virtual_storage<'t>(topology: &'t Topology, name: &str) -> Result<&'t Virtual
     topology.get(name).ok_or_else(|| {
         Status::invalid_argument(format!("virtual storage \"{name}\" is not configured"))
     })
-}
-
-/// The catch-all tower service: every path not served by the router's own services
-/// (health, reflection) lands here.
-#[derive(Clone)]
-pub struct Proxy(pub Arc<Coordinator>);
-
-impl tower::Service<http::Request<axum::body::Body>> for Proxy {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
-        let coordinator = self.0.clone();
-        Box::pin(async move {
-            let req = match coordinator.fast_read(req).await {
-                Ok(reply) => return Ok(reply),
-                Err(declined) => declined,
-            };
-            let path = req.uri().path().to_owned();
-            let mut grpc = tonic::server::Grpc::new(BytesCodec)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES)
-                // Accept gzip, never compress: payloads are mostly pack data, already
-                // compressed; a client asking for gzip still gets it from the node.
-                .accept_compressed(CompressionEncoding::Gzip);
-            let handler = tower::service_fn(move |request: Request<Streaming<Bytes>>| {
-                coordinator.clone().handle(path.clone(), request)
-            });
-            Ok(grpc.streaming(handler, req).await)
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use gitcluster_proto::v1::{ListRefsRequest, Repository};
-
-    use super::*;
-
-    #[test]
-    fn target_repository_is_rewritten_and_other_fields_survive() {
-        let info = registry()
-            .get("/gitcluster.v1.RefService/ListRefs")
-            .expect("registered");
-        let original = ListRefsRequest {
-            repository: Some(Repository {
-                storage_name: "default".into(),
-                relative_path: "group/p.git".into(),
-            }),
-            patterns: vec!["refs/heads/".into()],
-            head: true,
-        };
-        let message =
-            DynamicMessage::decode(info.input.clone(), original.encode_to_vec().as_slice())
-                .expect("decode");
-        let path = info.target_repository.as_ref().expect("annotated");
-        assert_eq!(
-            repository_at(&message, path),
-            Some(("default".into(), "group/p.git".into()))
-        );
-        let mut rewritten = message.clone();
-        set_repository(
-            &mut rewritten,
-            path,
-            "gitaly-2",
-            "@cluster/repositories/6b/86/1",
-        )
-        .expect("rewrite");
-        let decoded =
-            ListRefsRequest::decode(rewritten.encode_to_vec().as_slice()).expect("decode");
-        assert_eq!(
-            decoded.repository,
-            Some(Repository {
-                storage_name: "gitaly-2".into(),
-                relative_path: "@cluster/repositories/6b/86/1".into(),
-            })
-        );
-        assert_eq!(decoded.patterns, original.patterns);
-        assert!(decoded.head);
-    }
-
-    #[test]
-    fn a_request_without_repository_has_no_target() {
-        let info = registry()
-            .get("/gitcluster.v1.RefService/ListRefs")
-            .expect("registered");
-        let message = DynamicMessage::decode(info.input.clone(), &[][..]).expect("decode");
-        let path = info.target_repository.as_ref().expect("annotated");
-        assert_eq!(repository_at(&message, path), None);
-    }
 }
