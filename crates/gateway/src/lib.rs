@@ -7,8 +7,8 @@
 
 pub mod client_auth;
 pub mod config;
-mod http_server;
 mod default_branch;
+mod http_server;
 mod request_body;
 pub mod route;
 mod smart_http;
@@ -87,6 +87,7 @@ pub async fn serve(
         upstream,
         auth: config.auth_token.clone().map(client_auth::ClientAuth::new),
         push_to_create: config.push_to_create,
+        body_idle_timeout: config.body_idle_timeout,
     });
     let app = smart_http::router(state);
 

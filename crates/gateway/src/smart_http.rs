@@ -76,6 +76,8 @@ pub(crate) struct AppState {
     pub(crate) upstream: Upstream,
     pub(crate) auth: Option<ClientAuth>,
     pub(crate) push_to_create: bool,
+    /// Longest silence of a request body (see `crate::request_body`).
+    pub(crate) body_idle_timeout: Duration,
 }
 
 /// The `service` label of a response, for the requests metric.
@@ -247,6 +249,8 @@ async fn post_rpc(
     let chunks = request_chunks(
         body,
         expected_length(headers),
+        service,
+        state.body_idle_timeout,
         signals.clone(),
         name.clone(),
     );
@@ -314,11 +318,20 @@ async fn post_rpc(
         Ok(Err(status)) => {
             drop(gone);
             if signals.body_failed.load(Ordering::SeqCst) {
-                // The upstream error is our own abort; the client is most likely gone.
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    "request body incomplete or unreadable",
-                );
+                // The upstream error is our own abort of a body the client got wrong.
+                // The rest of that body is never read: the connection cannot be reused.
+                let (status, reason) = match signals.body_error.get() {
+                    Some(e) => (e.status, e.reason.as_str()),
+                    None => (
+                        StatusCode::BAD_REQUEST,
+                        "request body incomplete or unreadable",
+                    ),
+                };
+                let mut response = plain(status, reason);
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
             }
             return upstream::error_response(&status, rpc, &name);
         }
@@ -357,7 +370,7 @@ async fn post_rpc(
 struct ResponseReader {
     rx: mpsc::Receiver<Result<Bytes, tonic::Status>>,
     gone: Option<DropGuard>,
-    pub(crate) delivered: CancellationToken,
+    delivered: CancellationToken,
 }
 
 /// Signals shared by a `Post*` call's request stream, its driver and the response.
@@ -373,6 +386,32 @@ pub(crate) struct CallSignals {
     pub(crate) delivered: CancellationToken,
     /// The client's request body could not be read completely.
     pub(crate) body_failed: Arc<AtomicBool>,
+    /// Why the client's request body failed, when it did (set before `body_failed`).
+    pub(crate) body_error: Arc<std::sync::OnceLock<BodyError>>,
+    /// Whether the client asked for side-band output, once its first pkt-line is read.
+    pub(crate) sideband: Arc<std::sync::OnceLock<bool>>,
+}
+
+/// A request body the gateway refused: the client's fault, answered with `status`.
+#[derive(Debug)]
+pub(crate) struct BodyError {
+    pub(crate) status: StatusCode,
+    pub(crate) reason: String,
+}
+
+impl BodyError {
+    pub(crate) fn new(status: StatusCode, reason: String) -> Self {
+        BodyError { status, reason }
+    }
+
+    /// The body could not be read to its end (connection dropped, bad chunking, ...).
+    pub(crate) fn incomplete(detail: String) -> Self {
+        debug!(detail, "request body incomplete");
+        BodyError::new(
+            StatusCode::BAD_REQUEST,
+            "request body incomplete or unreadable".to_owned(),
+        )
+    }
 }
 
 /// What a push found before its call starts.

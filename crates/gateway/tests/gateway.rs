@@ -354,10 +354,10 @@ async fn push_with_unterminated_chunked_body_changes_nothing() {
 async fn failed_first_push_removes_the_repository_it_created() {
     let cluster = Cluster::builder().storages(1).gateway().start().await;
     let path = format!("/{}/fail.git/git-receive-pack", cluster.storages[0].storage);
-    // Not a pkt-line: `git receive-pack` on the node dies with a protocol error.
+    // Not a pkt-line: the gateway refuses it as the client's mistake and aborts the call.
     let r = post(gateway_addr(&cluster), &path, &[], b"zzzz".to_vec()).await;
-    assert_eq!(r.status, 500, "{}", r.text());
-    assert!(r.text().contains("protocol error"), "{}", r.text());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("pkt-line"), "{}", r.text());
     assert_eq!(r.text().lines().count(), 1, "{}", r.text());
 
     eventually!("the created repository is removed", {
@@ -412,7 +412,7 @@ async fn failed_push_to_existing_repository_never_removes_it() {
         cluster.storages[0].storage
     );
     let r = post(gateway_addr(&cluster), &path, &[], b"zzzz".to_vec()).await;
-    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.status, 400, "{}", r.text());
     // And one that goes away half way.
     let (body, _) = push_request(&work, Some(&head));
     interrupted_post(gateway_addr(&cluster), &path, &body, false).await;
