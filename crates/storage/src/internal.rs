@@ -13,11 +13,11 @@ use gitcluster_proto::v1::{
     GetRepositoryFilesRequest, GetRepositoryFilesResponse, RepositoryFile, SshUploadPackRequest,
     SshUploadPackResponse,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::stream::{ResponseStream, channel};
+use crate::stream::{Coalesced, ResponseStream, channel};
 use crate::{NODE_ID_METADATA, Node};
 
 /// Directory of custom hooks inside a repository.
@@ -68,12 +68,18 @@ fn read_custom_hooks(repo: &Path) -> std::io::Result<Vec<RepositoryFile>> {
     Ok(files)
 }
 
-/// Reads a stream into messages until EOF; returns false when the receiver is gone.
+/// Reads a stream into coalesced messages until EOF (stdout by pkt-line, stderr by
+/// size and linger, see `crate::stream`); returns false when the receiver is gone.
 async fn forward<R: AsyncRead + Unpin>(
-    mut r: R,
+    r: R,
     tx: &mpsc::Sender<Result<SshUploadPackResponse, Status>>,
     stderr: bool,
 ) -> bool {
+    let mut r = if stderr {
+        Coalesced::raw(r)
+    } else {
+        Coalesced::new(r)
+    };
     let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
     loop {
         match r.read(&mut buf).await {

@@ -20,7 +20,7 @@ use gitcluster_proto::v1::{
     PostUploadPackRequest, PostUploadPackResponse,
 };
 use gitcluster_proto::{REFS_CHANGED_TRAILER, STREAM_CHUNK_BYTES};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -30,7 +30,7 @@ use crate::Node;
 use crate::git::{GitChild, last_line};
 use crate::refstate::{RefState, changed_value};
 use crate::repository::{init_bare, remove_quietly, temp_path};
-use crate::stream::{ResponseStream, channel};
+use crate::stream::{Coalesced, ResponseStream, channel};
 
 /// SmartHTTPService handlers.
 #[derive(Debug, Clone)]
@@ -112,7 +112,7 @@ impl SmartHttp {
                 }
                 return;
             }
-            let mut stdout = child.child.stdout.take();
+            let mut stdout = child.child.stdout.take().map(Coalesced::new);
             let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
             let mut delivered = true;
             while let Some(out) = stdout.as_mut() {
@@ -173,8 +173,10 @@ where
 {
     let name = child.name().to_owned();
     let command = name.clone();
-    let (Some(mut stdin), Some(mut stdout)) = (child.child.stdin.take(), child.child.stdout.take())
-    else {
+    let (Some(mut stdin), Some(mut stdout)) = (
+        child.child.stdin.take(),
+        child.child.stdout.take().map(Coalesced::new),
+    ) else {
         let _ = tx.send(Err(Status::internal("git pipes missing"))).await;
         return false;
     };
