@@ -5,12 +5,18 @@
 //! | `--listen` | `GITCLUSTER_STORAGE_LISTEN` | `0.0.0.0:8075` (gRPC) |
 //! | `--metrics-listen` | `GITCLUSTER_STORAGE_METRICS_LISTEN` | `0.0.0.0:9236` (`/metrics`, `/healthz`) |
 //! | `--storage NAME=PATH` (repeatable) | `GITCLUSTER_STORAGES` (comma separated) | required |
-//! | (env only) | `GITCLUSTER_STORAGE_TOKEN` | none: auth disabled |
+//! | (env only) | `GITCLUSTER_STORAGE_TOKEN` | none: the node refuses to start |
 //! | `--token-file` | `GITCLUSTER_STORAGE_TOKEN_FILE` | none |
+//! | `--no-auth` | `GITCLUSTER_STORAGE_NO_AUTH` | false: a token is required |
 //! | `--auth-transitioning` | `GITCLUSTER_STORAGE_AUTH_TRANSITIONING` | false |
 //! | `--git-bin` | `GITCLUSTER_GIT_BIN` | `git` |
 //! | `--max-git-processes` | `GITCLUSTER_STORAGE_MAX_GIT_PROCESSES` | 64 |
+//! | `--max-git-processes-per-repository` | `GITCLUSTER_STORAGE_MAX_GIT_PROCESSES_PER_REPOSITORY` | 0: half of the above |
+//! | `--max-replication-git-processes` | `GITCLUSTER_STORAGE_MAX_REPLICATION_GIT_PROCESSES` | 16 (each of two pools) |
+//! | `--git-slot-wait-secs` | `GITCLUSTER_STORAGE_GIT_SLOT_WAIT_SECS` | 10 |
+//! | `--stream-idle-timeout-secs` | `GITCLUSTER_STORAGE_STREAM_IDLE_TIMEOUT_SECS` | 60 |
 //! | `--graceful-timeout-secs` | `GITCLUSTER_STORAGE_GRACEFUL_TIMEOUT_SECS` | 30 |
+//! | `--temp-max-age-secs` | `GITCLUSTER_STORAGE_TEMP_MAX_AGE_SECS` | 3600 |
 //! | `--dump-config` | | prints the effective config (token redacted) and exits |
 
 use std::collections::HashSet;
@@ -23,6 +29,14 @@ use clap::Parser;
 
 /// Environment variable holding the shared internal token.
 pub const TOKEN_ENV: &str = "GITCLUSTER_STORAGE_TOKEN";
+
+/// Default age past which an unused temp entry is swept: far longer than any
+/// scratch step but a replication (which is protected while it runs), short enough
+/// that a crashed copy's gigabytes do not linger for days.
+pub const DEFAULT_TEMP_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// How often the temp directories are swept.
+pub const DEFAULT_TEMP_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Command-line interface of `gitcluster-storage`.
 #[derive(Parser, Debug, Clone)]
@@ -56,6 +70,10 @@ pub struct Args {
     /// Accept every request but count what authentication would have decided.
     #[arg(long, env = "GITCLUSTER_STORAGE_AUTH_TRANSITIONING")]
     pub auth_transitioning: bool,
+    /// Run without authentication. Without a token the node refuses to start unless
+    /// this is given, so a forgotten token never silently opens the node.
+    #[arg(long, env = "GITCLUSTER_STORAGE_NO_AUTH")]
+    pub no_auth: bool,
     /// The git executable.
     #[arg(long, env = "GITCLUSTER_GIT_BIN", default_value = "git")]
     pub git_bin: PathBuf,
@@ -73,9 +91,21 @@ pub struct Args {
         default_value_t = 30
     )]
     pub graceful_timeout_secs: u64,
+    /// Entries in a storage's `+gitcluster/tmp` older than this many seconds, and not
+    /// in use, are removed while the node runs (scratch left by a crash or a
+    /// removal that failed half-way).
+    #[arg(
+        long,
+        env = "GITCLUSTER_STORAGE_TEMP_MAX_AGE_SECS",
+        default_value_t = DEFAULT_TEMP_MAX_AGE.as_secs()
+    )]
+    pub temp_max_age_secs: u64,
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub dump_config: bool,
+    /// Process slot and stream limits (`crate::slots`).
+    #[command(flatten)]
+    pub limits: crate::slots::LimitArgs,
 }
 
 /// A configuration problem: the process exits with status 64.
@@ -101,8 +131,11 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// Storages served by this node; names are unique, at least one.
     pub storages: Vec<StorageConfig>,
-    /// Shared token; `None` disables authentication.
+    /// Shared token; `None` disables authentication (the binary allows that only
+    /// with `--no-auth`, see [`Config::from_args`]).
     pub token: Option<String>,
+    /// Authentication was switched off explicitly (`--no-auth`).
+    pub no_auth: bool,
     /// Transitioning auth mode: accept all, count outcomes.
     pub auth_transitioning: bool,
     /// The git executable.
@@ -111,9 +144,15 @@ pub struct Config {
     pub max_git_processes: usize,
     /// Drain deadline at shutdown.
     pub graceful_timeout: Duration,
+    /// Unused temp entries older than this are swept while running.
+    pub temp_max_age: Duration,
+    /// Period of the temp sweep.
+    pub temp_sweep_interval: Duration,
     /// Executable run by `git fetch` as its ssh transport during replication (it is
     /// invoked as `<ssh_helper> ssh-upload-pack ...`). Defaults to this executable.
     pub ssh_helper: PathBuf,
+    /// Process slot and stream limits.
+    pub limits: crate::slots::Limits,
 }
 
 impl fmt::Debug for Config {
@@ -123,11 +162,15 @@ impl fmt::Debug for Config {
             .field("metrics_listen", &self.metrics_listen)
             .field("storages", &self.storages)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("no_auth", &self.no_auth)
             .field("auth_transitioning", &self.auth_transitioning)
             .field("git_bin", &self.git_bin)
             .field("max_git_processes", &self.max_git_processes)
             .field("graceful_timeout", &self.graceful_timeout)
+            .field("temp_max_age", &self.temp_max_age)
+            .field("temp_sweep_interval", &self.temp_sweep_interval)
             .field("ssh_helper", &self.ssh_helper)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -141,12 +184,16 @@ impl Config {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             storages,
             token: None,
+            no_auth: false,
             auth_transitioning: false,
             git_bin: PathBuf::from("git"),
             max_git_processes: 64,
             graceful_timeout: Duration::from_secs(30),
+            temp_max_age: DEFAULT_TEMP_MAX_AGE,
+            temp_sweep_interval: DEFAULT_TEMP_SWEEP_INTERVAL,
             ssh_helper: std::env::current_exe()
                 .unwrap_or_else(|_| PathBuf::from("gitcluster-storage")),
+            limits: crate::slots::Limits::default(),
         }
     }
 
@@ -193,6 +240,21 @@ impl Config {
             (None, Err(_)) => None,
         }
         .filter(|t| !t.is_empty());
+        // Authentication is the default: without a token the node is open to anyone
+        // who reaches its port, so that must be asked for, never fallen into.
+        match (&token, args.no_auth) {
+            (None, false) => {
+                return Err(ConfigError(format!(
+                    "no token configured: set {TOKEN_ENV} or --token-file, or pass --no-auth to run without authentication"
+                )));
+            }
+            (Some(_), true) => {
+                return Err(ConfigError(
+                    "--no-auth contradicts the configured token: drop one of them".into(),
+                ));
+            }
+            _ => {}
+        }
         if args.max_git_processes == 0 {
             return Err(ConfigError("--max-git-processes must be at least 1".into()));
         }
@@ -200,10 +262,13 @@ impl Config {
         config.listen = args.listen;
         config.metrics_listen = args.metrics_listen;
         config.token = token;
+        config.no_auth = args.no_auth;
         config.auth_transitioning = args.auth_transitioning;
         config.git_bin = args.git_bin;
         config.max_git_processes = args.max_git_processes;
         config.graceful_timeout = Duration::from_secs(args.graceful_timeout_secs);
+        config.temp_max_age = Duration::from_secs(args.temp_max_age_secs);
+        config.limits = crate::slots::Limits::from_args(&args.limits).map_err(ConfigError)?;
         Ok(config)
     }
 
@@ -241,8 +306,14 @@ mod tests {
 
     #[test]
     fn storages_are_parsed_and_duplicates_rejected() {
-        let c =
-            Config::from_args(args(&["--storage", "a=/x", "--storage", "b=/y"])).expect("valid");
+        let c = Config::from_args(args(&[
+            "--no-auth",
+            "--storage",
+            "a=/x",
+            "--storage",
+            "b=/y",
+        ]))
+        .expect("valid");
         assert_eq!(c.storages.len(), 2);
         assert_eq!(
             c.storages[1],
@@ -251,8 +322,44 @@ mod tests {
                 path: "/y".into()
             }
         );
-        assert!(Config::from_args(args(&["--storage", "a=/x", "--storage", "a=/y"])).is_err());
-        assert!(Config::from_args(args(&["--storage", "nopath"])).is_err());
+        assert!(
+            Config::from_args(args(&[
+                "--no-auth",
+                "--storage",
+                "a=/x",
+                "--storage",
+                "a=/y"
+            ]))
+            .is_err()
+        );
+        assert!(Config::from_args(args(&["--no-auth", "--storage", "nopath"])).is_err());
+    }
+
+    #[test]
+    fn a_token_is_required_unless_no_auth_is_explicit() {
+        // The token may also come from the environment; a token file pins it here.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\n").expect("token file");
+        let file = file.to_str().expect("utf-8");
+        let with_file = Config::from_args(args(&["--storage", "a=/x", "--token-file", file]))
+            .expect("a token is enough");
+        assert_eq!(with_file.token.as_deref(), Some("s3cret"));
+        assert!(!with_file.no_auth);
+        let both = Config::from_args(args(&[
+            "--storage",
+            "a=/x",
+            "--token-file",
+            file,
+            "--no-auth",
+        ]));
+        assert!(both.is_err(), "a token and --no-auth contradict");
+        if std::env::var_os(TOKEN_ENV).is_none() {
+            let missing = Config::from_args(args(&["--storage", "a=/x"])).expect_err("refused");
+            assert!(missing.0.contains("--no-auth"), "{missing}");
+            let open = Config::from_args(args(&["--storage", "a=/x", "--no-auth"])).expect("open");
+            assert!(open.no_auth && open.token.is_none());
+        }
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! Running git: every git process of the node starts here, with a minimal,
 //! reproducible environment, durability settings, bounded stderr, `kill_on_drop`, and
 //! a cap on how many run at once.
+//!
+//! Every git also runs with the node's own `core.hooksPath`, an empty directory in
+//! the node's private HOME, so no hook found in a repository (its `hooks/`, or a
+//! `core.hooksPath` in its config) ever runs under the node's identity: repository
+//! contents arrive from clients and from other nodes. Custom hooks are replicated
+//! in `custom_hooks/` but not executed (docs/decisions.md); when they are, they
+//! will be run from here, never found by git in the repository.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -27,6 +34,27 @@ const DURABILITY: &[&str] = &[
     "safe.directory=*",
 ];
 
+/// Config every git process gets so that repository config cannot make the node run
+/// code (beside the fixed hooks path added in [`Git::command`]), and the
+/// upload-pack capabilities the node offers. `-c` outranks the repository's config.
+/// - `core.fsmonitor=false`: a command that refreshes an index would run the
+///   configured program.
+/// - `uploadpack.allowFilter`, `uploadpack.allowAnySHA1InWant`: partial clone (and
+///   its lazy fetch of one missing object by id), as GitLab configures Gitaly.
+const HARDENING: &[&str] = &[
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "uploadpack.allowFilter=true",
+    "-c",
+    "uploadpack.allowAnySHA1InWant=true",
+];
+
+/// The empty directory inside the node's git HOME that is every git's
+/// `core.hooksPath` (created by [`crate::paths::Storages::open`]; a missing one
+/// also means no hooks).
+pub const HOOKS_DIR_IN_HOME: &str = "hooks";
+
 /// Factory for git commands sharing one executable, `HOME` and concurrency cap.
 #[derive(Debug, Clone)]
 pub struct Git {
@@ -48,7 +76,14 @@ impl Git {
     /// Starts building `git <args>`; with `git_dir` set the command runs against that
     /// repository via `--git-dir`.
     pub fn command(&self, git_dir: Option<&Path>) -> GitCommand {
-        let mut args: Vec<OsString> = DURABILITY.iter().map(OsString::from).collect();
+        let mut args: Vec<OsString> = DURABILITY
+            .iter()
+            .chain(HARDENING)
+            .map(OsString::from)
+            .collect();
+        let mut hooks = OsString::from("core.hooksPath=");
+        hooks.push(self.home.join(HOOKS_DIR_IN_HOME));
+        args.extend([OsString::from("-c"), hooks]);
         if let Some(dir) = git_dir {
             let mut a = OsString::from("--git-dir=");
             a.push(dir);

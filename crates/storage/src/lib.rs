@@ -118,6 +118,14 @@ pub async fn serve(
     if config.token.is_none() {
         warn!("no token configured: authentication is disabled");
     }
+    // Scratch older than the bound that no operation holds goes while we run, not
+    // only at the next start (see `paths::sweep_temp`).
+    let _temp_sweeper = paths::spawn_temp_sweeper(
+        storages.tmp_dirs(),
+        config.temp_max_age,
+        config.temp_sweep_interval,
+        shutdown.clone(),
+    );
     let git = Git::new(
         config.git_bin.clone(),
         storages.git_home(),

@@ -3,10 +3,18 @@
 //!
 //! A storage is a directory; a repository is a bare repository at
 //! `<root>/<relative_path>`. `<root>/+gitcluster/` is ours: `tmp/` for atomic
-//! create/remove (same filesystem, so renames are atomic) and `home/` for git's `HOME`.
+//! create/remove (same filesystem, so renames are atomic) and `home/` for git's `HOME`
+//! (with `home/hooks`, the empty directory every git runs with as `core.hooksPath`).
+//!
+//! Temp entries are scratch: an operation that builds something in `tmp/` holds a
+//! [`TempEntry`], which removes it when dropped (also when the request is cancelled
+//! or panics), and [`sweep_temp`] removes entries older than a bound that no live
+//! [`TempEntry`] holds, so a crash's leftovers do not wait for the next start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use gitcluster_proto::v1::Repository;
 use tonic::Status;
@@ -161,7 +169,8 @@ impl Storages {
         for s in configs {
             let tmp = tmp_dir(&s.path);
             std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-            std::fs::create_dir_all(s.path.join(INTERNAL_DIR).join("home"))
+            let home = s.path.join(INTERNAL_DIR).join("home");
+            std::fs::create_dir_all(home.join(crate::git::HOOKS_DIR_IN_HOME))
                 .context("create git home")?;
             for entry in std::fs::read_dir(&tmp).context("list temp dir")? {
                 let entry = entry.context("list temp dir")?;
@@ -188,6 +197,14 @@ impl Storages {
         self.first.join(INTERNAL_DIR).join("home")
     }
 
+    /// The temp directory of every storage.
+    pub fn tmp_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.roots.values().map(|r| tmp_dir(r)).collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
     /// The canonical root of `name`, or `InvalidArgument`.
     pub fn root(&self, name: &str) -> Result<&Path, Status> {
         self.roots
@@ -209,6 +226,161 @@ impl Storages {
             path,
         })
     }
+}
+
+/// Temp paths held by a live [`TempEntry`], which the sweep must not touch however
+/// old they look (a replication of a huge repository can run for hours while its
+/// top-level directory's mtime stays put). Process-wide because a path is unique
+/// (a fresh uuid) whichever node in the process made it.
+static IN_USE: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+fn in_use() -> std::sync::MutexGuard<'static, Option<HashSet<PathBuf>>> {
+    // The set is only inserted into and removed from; a panic elsewhere while it was
+    // held cannot leave it inconsistent.
+    IN_USE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A path in a temp dir that belongs to one operation: the sweep leaves it alone
+/// while this lives, and dropping it removes whatever is at the path. On success
+/// the operation has renamed its result away, so what remains is always scratch
+/// (a cancelled or failed copy, a staged file set).
+#[derive(Debug)]
+pub struct TempEntry {
+    path: PathBuf,
+}
+
+impl TempEntry {
+    /// Claims `path` (which should not exist yet) for the caller.
+    pub fn new(path: PathBuf) -> Self {
+        in_use()
+            .get_or_insert_with(HashSet::new)
+            .insert(path.clone());
+        TempEntry { path }
+    }
+
+    /// The claimed path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempEntry {
+    fn drop(&mut self) {
+        let path = std::mem::take(&mut self.path);
+        let remove = move || {
+            remove_with_retries(&path);
+            if let Some(set) = in_use().as_mut() {
+                set.remove(&path);
+            }
+        };
+        // Dropped on a runtime thread (a cancelled request): remove off the runtime,
+        // a multi-gigabyte copy takes a while.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(remove);
+            }
+            Err(_) => remove(),
+        }
+    }
+}
+
+/// Removes `path` (file or tree). A git process killed a moment ago (kill_on_drop
+/// does not wait) or its `index-pack` child may still be writing into the tree, so
+/// a removal that fails is tried again a few times; what survives is left to
+/// [`sweep_temp`].
+// Runs on a blocking thread (spawn_blocking) or outside any runtime, where a short
+// sleep between attempts blocks no worker.
+#[allow(clippy::disallowed_methods)]
+fn remove_with_retries(path: &Path) {
+    const ATTEMPTS: u32 = 10;
+    for attempt in 1..=ATTEMPTS {
+        let removed = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+            Ok(_) => std::fs::remove_file(path),
+            Err(e) => Err(e),
+        };
+        match removed {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if attempt == ATTEMPTS => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove temp entry, the sweep will retry");
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Removes every entry directly in `tmp_dirs` whose mtime is older than `max_age`
+/// and that no live [`TempEntry`] holds; returns how many it removed. Blocking.
+pub fn sweep_temp(tmp_dirs: &[PathBuf], max_age: Duration) -> usize {
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for tmp in tmp_dirs {
+        let entries = match std::fs::read_dir(tmp) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(path = %tmp.display(), error = %e, "cannot list temp dir");
+                continue;
+            }
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            // A clock stepped backwards makes everything look young: kept, not lost.
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age > max_age);
+            if !old || in_use().as_ref().is_some_and(|s| s.contains(&path)) {
+                continue;
+            }
+            let result = if meta.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match result {
+                Ok(()) => {
+                    removed += 1;
+                    tracing::info!(path = %path.display(), "swept old temp entry");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot sweep temp entry")
+                }
+            }
+        }
+    }
+    removed
+}
+
+/// Runs [`sweep_temp`] over `tmp_dirs` every `interval` until `shutdown` fires.
+/// Failure policy: a sweep that cannot remove something logs it and the loop goes
+/// on; the task ends only at shutdown. A node whose sweep stopped only keeps
+/// scratch longer, so nothing waits on the task.
+pub fn spawn_temp_sweeper(
+    tmp_dirs: Vec<PathBuf>,
+    max_age: Duration,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let dirs = tmp_dirs.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || sweep_temp(&dirs, max_age)).await {
+                tracing::warn!(error = %e, "temp sweep task failed");
+            }
+        }
+    })
 }
 
 #[cfg(test)]

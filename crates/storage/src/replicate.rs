@@ -12,6 +12,17 @@
 //!    tunnels the session through `InternalService.SSHUploadPack` on the source.
 //! 4. Write config (whole file, atomically), HEAD (`git symbolic-ref`),
 //!    `info/attributes` (written or removed) and `custom_hooks/` (swapped whole).
+//!    The config is not the source's file: it is the target's own layout keys
+//!    (`core.repositoryformatversion`, `core.bare`, `core.filemode`, `extensions.*`)
+//!    plus the source's keys on an allow-list ([`COPIED_KEYS`], [`COPIED_SECTIONS`]),
+//!    read by git itself (`git config --file - --no-includes`) and written back in
+//!    git's own syntax. A source can therefore never hand the target a program to
+//!    run (`core.hooksPath`, `core.fsmonitor`, `core.sshCommand`, `include.path`,
+//!    `uploadpack.packObjectsHook` and whatever git adds next).
+//!
+//! Everything built in the temp dir is held by a [`TempEntry`], so a replication
+//! that fails, panics or is cancelled (its caller's deadline, a lost connection)
+//! leaves no copy behind.
 //!
 //! Replications onto one target run one at a time (`crate::fence`), each from
 //! step 1, so the last to finish carries the newest state it saw.
@@ -31,10 +42,8 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::internal::CUSTOM_HOOKS_DIR;
-use crate::paths::RepoPath;
-use crate::repository::{
-    init_bare, io_status, move_into_place, remove_quietly, sync_dir, temp_path,
-};
+use crate::paths::{RepoPath, TempEntry};
+use crate::repository::{init_bare, io_status, move_into_place, sync_dir, temp_path};
 use crate::ssh::{ENV_ADDRESS, ENV_RELATIVE_PATH, ENV_STORAGE, ENV_TOKEN, SUBCOMMAND};
 use crate::{NODE_ID_METADATA, Node};
 
@@ -124,36 +133,36 @@ pub async fn replicate(node: &Node, req: ReplicateRepositoryRequest) -> Result<(
     }
     let files = response.into_inner();
 
+    // Dropping `fresh` (here, or with the whole call when it is cancelled) removes
+    // whatever is left of the copy; after a successful move nothing is left.
     let fresh = if target.exists() {
         None
     } else {
-        let tmp = temp_path(&target, "replicate");
-        if let Err(e) = init_bare(node, &tmp, "main", object_format_of(&files.config)).await {
-            remove_quietly(&tmp).await;
-            return Err(e);
-        }
+        let tmp = TempEntry::new(temp_path(&target, "replicate"));
+        init_bare(node, tmp.path(), "main", object_format_of(&files.config)).await?;
         Some(tmp)
     };
-    let workdir = fresh.clone().unwrap_or_else(|| target.path.clone());
+    let workdir = fresh
+        .as_ref()
+        .map_or_else(|| target.path.clone(), |t| t.path().to_path_buf());
     let result = async {
         fetch(node, &workdir, &req.source_address, &source).await?;
         write_files(node, &target, &workdir, &files).await?;
         if let Some(tmp) = &fresh {
-            move_into_place(tmp, &target, true).await?;
+            move_into_place(tmp.path(), &target, true).await?;
         }
         Ok(())
     }
     .await;
-    if let (Err(_), Some(tmp)) = (&result, &fresh) {
-        remove_quietly(tmp).await;
-    }
+    let created = fresh.is_some();
+    drop(fresh);
     if result.is_ok() {
         tracing::info!(
             storage = %target.storage,
             relative_path = %target.relative,
             source_address = %req.source_address,
             source_storage = %source.storage_name,
-            created = fresh.is_some(),
+            created,
             "repository replicated"
         );
     }
@@ -248,13 +257,140 @@ fn safe_hook_path(p: &str) -> Option<&Path> {
     Some(path)
 }
 
+/// Config keys (as `git config --list` spells them: section and key lowercase) a
+/// replication copies from its source. An allow-list because many keys make git
+/// run a program and every git release may add one.
+pub const COPIED_KEYS: &[&str] = &["gitlab.fullpath"];
+
+/// Config sections copied whole: names git gives no meaning to, kept for the
+/// service's own use.
+pub const COPIED_SECTIONS: &[&str] = &["gitcluster"];
+
+/// Keys that describe the target's on-disk layout, set by `git init` on this node:
+/// the target keeps its own and no source may change them.
+fn is_layout_key(key: &str) -> bool {
+    matches!(
+        key,
+        "core.repositoryformatversion" | "core.bare" | "core.filemode"
+    ) || key.starts_with("extensions.")
+}
+
+fn is_copied_key(key: &str) -> bool {
+    COPIED_KEYS.contains(&key)
+        || key
+            .split_once('.')
+            .is_some_and(|(section, _)| COPIED_SECTIONS.contains(&section))
+}
+
+/// One config entry: the full key and its value (`None` for a bare `key`, which
+/// git reads as true).
+type ConfigEntry = (String, Option<Vec<u8>>);
+
+/// The entries of a config file's `content` as git parses it, includes not followed.
+async fn parse_config(node: &Node, content: &[u8]) -> Result<Vec<ConfigEntry>, Status> {
+    let out = node
+        .git
+        .command(None)
+        .args(["config", "--no-includes", "--file", "-", "--list", "-z"])
+        .output(content)
+        .await?
+        .check("git config --list")?;
+    Ok(out
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| match e.iter().position(|b| *b == b'\n') {
+            Some(nl) => (
+                String::from_utf8_lossy(&e[..nl]).into_owned(),
+                Some(e[nl + 1..].to_vec()),
+            ),
+            None => (String::from_utf8_lossy(e).into_owned(), None),
+        })
+        .collect())
+}
+
+/// Writes `entries` in git's own config syntax (what `git config` writes): one
+/// `[section "subsection"]` header per run of entries in the same section, values
+/// quoted and escaped as git quotes them.
+fn render_config(entries: &[ConfigEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut current: Option<(&str, Option<&str>)> = None;
+    for (key, value) in entries {
+        let (Some((section, rest)), Some(dot)) = (key.split_once('.'), key.rfind('.')) else {
+            continue;
+        };
+        let name = &key[dot + 1..];
+        let subsection = (rest.len() > name.len()).then(|| &rest[..rest.len() - name.len() - 1]);
+        if current != Some((section, subsection)) {
+            out.push(b'[');
+            out.extend_from_slice(section.as_bytes());
+            if let Some(sub) = subsection {
+                out.extend_from_slice(b" \"");
+                for b in sub.bytes() {
+                    if b == b'"' || b == b'\\' {
+                        out.push(b'\\');
+                    }
+                    out.push(b);
+                }
+                out.push(b'"');
+            }
+            out.extend_from_slice(b"]\n");
+            current = Some((section, subsection));
+        }
+        out.push(b'\t');
+        out.extend_from_slice(name.as_bytes());
+        if let Some(v) = value {
+            out.extend_from_slice(b" = ");
+            let quote = v.first() == Some(&b' ')
+                || v.last() == Some(&b' ')
+                || v.iter().any(|b| *b == b';' || *b == b'#');
+            if quote {
+                out.push(b'"');
+            }
+            for b in v {
+                match b {
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b'"' => out.extend_from_slice(b"\\\""),
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b => out.push(*b),
+                }
+            }
+            if quote {
+                out.push(b'"');
+            }
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The config the target gets: its own layout keys, then the source's copied keys
+/// (see the module doc).
+async fn merged_config(node: &Node, dir: &Path, source: &[u8]) -> Result<Vec<u8>, Status> {
+    let own = tokio::fs::read(dir.join("config"))
+        .await
+        .map_err(|e| io_status("read target config", e))?;
+    let mut entries: Vec<ConfigEntry> = parse_config(node, &own)
+        .await?
+        .into_iter()
+        .filter(|(k, _)| is_layout_key(k))
+        .collect();
+    let copied = parse_config(node, source)
+        .await
+        .map_err(|s| Status::internal(format!("source config: {}", s.message())))?;
+    entries.extend(copied.into_iter().filter(|(k, _)| is_copied_key(k)));
+    Ok(render_config(&entries))
+}
+
 async fn write_files(
     node: &Node,
     target: &RepoPath,
     dir: &Path,
     files: &GetRepositoryFilesResponse,
 ) -> Result<(), Status> {
-    write_atomic(&dir.join("config"), &files.config, None).await?;
+    let config = merged_config(node, dir, &files.config).await?;
+    write_atomic(&dir.join("config"), &config, None).await?;
     if !files.head.is_empty() {
         if !files.head.starts_with("refs/") {
             return Err(Status::internal(format!(
@@ -283,7 +419,8 @@ async fn write_files(
     if files.custom_hooks.is_empty() && tokio::fs::symlink_metadata(&current).await.is_err() {
         return Ok(());
     }
-    let staged = temp_path(target, "hooks");
+    let staged_entry = TempEntry::new(temp_path(target, "hooks"));
+    let staged = staged_entry.path();
     let build = async {
         tokio::fs::create_dir_all(&staged)
             .await
@@ -300,34 +437,27 @@ async fn write_files(
         Ok::<_, Status>(())
     }
     .await;
-    if let Err(e) = build {
-        remove_quietly(&staged).await;
-        return Err(e);
-    }
-    let old = temp_path(target, "removed-hooks");
-    let had_old = match tokio::fs::rename(&current, &old).await {
+    // From here on every early return drops `staged_entry` (and `old_entry`),
+    // which removes what is left at their paths.
+    build?;
+    let old_entry = TempEntry::new(temp_path(target, "removed-hooks"));
+    let old = old_entry.path();
+    let had_old = match tokio::fs::rename(&current, old).await {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => {
-            remove_quietly(&staged).await;
-            return Err(io_status("move old custom hooks", e));
-        }
+        Err(e) => return Err(io_status("move old custom hooks", e)),
     };
-    if files.custom_hooks.is_empty() {
-        remove_quietly(&staged).await;
-    } else if let Err(e) = tokio::fs::rename(&staged, &current).await {
-        remove_quietly(&staged).await;
+    if !files.custom_hooks.is_empty()
+        && let Err(e) = tokio::fs::rename(staged, &current).await
+    {
         // Put the old hooks back: a failed replication leaves the target as it was,
         // not without hooks (best effort; the error is the install's either way).
-        if had_old && let Err(restore) = tokio::fs::rename(&old, &current).await {
+        if had_old && let Err(restore) = tokio::fs::rename(old, &current).await {
             tracing::warn!(error = %restore, "cannot restore the old custom hooks");
         }
         return Err(io_status("install custom hooks", e));
     }
     sync_dir(Some(dir)).await;
-    if had_old {
-        remove_quietly(&old).await;
-    }
     Ok(())
 }
 
@@ -352,6 +482,89 @@ mod tests {
         assert!(safe_hook_path("/etc/passwd").is_none());
         assert!(safe_hook_path("hooks/x").is_none());
         assert!(safe_hook_path("custom_hooks").is_none());
+    }
+
+    #[test]
+    fn only_allowed_and_layout_keys_pass() {
+        assert!(is_copied_key("gitlab.fullpath"));
+        assert!(is_copied_key("gitcluster.marker"));
+        assert!(is_copied_key("gitcluster.a.b.key"));
+        for k in [
+            "core.hookspath",
+            "core.fsmonitor",
+            "core.sshcommand",
+            "include.path",
+            "includeif.gitdir:/x.path",
+            "uploadpack.packobjectshook",
+            "gitclusterx.key",
+            "remote.origin.uploadpack",
+        ] {
+            assert!(!is_copied_key(k), "{k}");
+            assert!(!is_layout_key(k), "{k}");
+        }
+        assert!(is_layout_key("extensions.objectformat"));
+        assert!(is_layout_key("core.bare"));
+    }
+
+    #[test]
+    fn rendered_config_reads_back_as_the_same_entries() {
+        let entries: Vec<ConfigEntry> = vec![
+            ("core.repositoryformatversion".into(), Some(b"0".to_vec())),
+            ("core.bare".into(), Some(b"true".to_vec())),
+            ("gitcluster.plain".into(), Some(b"a b".to_vec())),
+            (
+                "gitcluster.tricky".into(),
+                Some(b" lead; #hash \"q\" back\\slash\ttab\nline ".to_vec()),
+            ),
+            ("gitcluster.flag".into(), None),
+            ("gitcluster.Sub \"x\\y\".key".into(), Some(b"v".to_vec())),
+            ("gitlab.fullpath".into(), Some(b"group/p".to_vec())),
+        ];
+        let rendered = render_config(&entries);
+        let mut child = std::process::Command::new("git")
+            .args(["config", "--no-includes", "--file", "-", "--list", "-z"])
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("git config");
+        {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(&rendered)
+                .expect("write");
+        }
+        let out = child.wait_with_output().expect("git config runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rendered)
+        );
+        let mut expected = Vec::new();
+        for (k, v) in &entries {
+            expected.extend_from_slice(k.as_bytes());
+            if let Some(v) = v {
+                expected.push(b'\n');
+                expected.extend_from_slice(v);
+            }
+            expected.push(0);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&expected),
+            "rendered:\n{}",
+            String::from_utf8_lossy(&rendered)
+        );
+        assert!(
+            String::from_utf8_lossy(&rendered).starts_with(
+                "[core]\n\trepositoryformatversion = 0\n\tbare = true\n[gitcluster]\n"
+            ),
+            "git's own layout"
+        );
     }
 
     #[test]

@@ -32,6 +32,16 @@ pub struct TestNode {
 }
 
 pub async fn start(storage: &str, token: Option<&str>, transitioning: bool) -> TestNode {
+    start_with(storage, token, transitioning, |_| {}).await
+}
+
+/// Like [`start`], with `adjust` applied to the node's config before it serves.
+pub async fn start_with(
+    storage: &str,
+    token: Option<&str>,
+    transitioning: bool,
+    adjust: impl FnOnce(&mut Config),
+) -> TestNode {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join(storage);
     let mut config = Config::with_storages(vec![StorageConfig {
@@ -41,6 +51,7 @@ pub async fn start(storage: &str, token: Option<&str>, transitioning: bool) -> T
     config.token = token.map(str::to_owned);
     config.auth_transitioning = transitioning;
     config.ssh_helper = PathBuf::from(env!("CARGO_BIN_EXE_gitcluster-storage"));
+    adjust(&mut config);
     let listeners = Listeners::bind(&config).await.expect("bind");
     let addr = listeners.grpc_addr().expect("addr");
     let admin_addr = listeners.admin.local_addr().expect("admin addr");
