@@ -7,6 +7,7 @@
 
 pub mod client_auth;
 pub mod config;
+mod git_error;
 mod default_branch;
 mod http_server;
 mod request_body;

@@ -61,6 +61,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::{debug, info, warn};
 
 use crate::client_auth::{self, AuthOutcome, ClientAuth};
+use crate::git_error::{self, Answer, Sideband};
 use crate::request_body::{Chunk, expected_length, request_chunks};
 use crate::route::{self, Endpoint, GitService, RepoPath};
 use crate::upstream::{self, RefClient, RepositoryClient, Upstream, plain};
@@ -195,6 +196,30 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
             .await,
         ),
     };
+    if git_error::is_git(&parts.headers) {
+        let answer = match endpoint {
+            Endpoint::InfoRefs => route::parse_service(parts.uri.query())
+                .ok()
+                .map(|service| (service, Answer::Advertisement)),
+            Endpoint::UploadPack | Endpoint::ReceivePack => {
+                let service = if endpoint == Endpoint::UploadPack {
+                    GitService::UploadPack
+                } else {
+                    GitService::ReceivePack
+                };
+                let sideband = response.extensions().get::<Sideband>().is_some_and(|s| s.0);
+                let answer = if sideband {
+                    Answer::SidebandResult
+                } else {
+                    Answer::Result
+                };
+                Some((service, answer))
+            }
+        };
+        if let Some((service, answer)) = answer {
+            response = git_error::for_git(response, service, answer).await;
+        }
+    }
     response.extensions_mut().insert(ServiceLabel(label));
     response
 }
@@ -317,23 +342,12 @@ async fn post_rpc(
         Ok(Ok(())) => {}
         Ok(Err(status)) => {
             drop(gone);
-            if signals.body_failed.load(Ordering::SeqCst) {
-                // The upstream error is our own abort of a body the client got wrong.
-                // The rest of that body is never read: the connection cannot be reused.
-                let (status, reason) = match signals.body_error.get() {
-                    Some(e) => (e.status, e.reason.as_str()),
-                    None => (
-                        StatusCode::BAD_REQUEST,
-                        "request body incomplete or unreadable",
-                    ),
-                };
-                let mut response = plain(status, reason);
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return response;
+            let mut response = call_failed(&signals, &status, rpc, &name);
+            // For git, the error answer's framing depends on what the client asked for.
+            if let Some(&sideband) = signals.sideband.get() {
+                response.extensions_mut().insert(Sideband(sideband));
             }
-            return upstream::error_response(&status, rpc, &name);
+            return response;
         }
         Err(_) => {
             warn!(rpc, repo = %name, "upstream call task ended without an answer");
@@ -364,6 +378,32 @@ async fn post_rpc(
     });
     let content_type = format!("application/x-{}-result", service.name());
     with_git_headers(Response::new(Body::from_stream(body)), &content_type)
+}
+
+/// The answer to a `Post*` call that failed before its response started.
+fn call_failed(
+    signals: &CallSignals,
+    status: &tonic::Status,
+    rpc: &'static str,
+    name: &str,
+) -> Response {
+    if signals.body_failed.load(Ordering::SeqCst) {
+        // The upstream error is our own abort of a body the client got wrong.
+        // The rest of that body is never read: the connection cannot be reused.
+        let (status, reason) = match signals.body_error.get() {
+            Some(e) => (e.status, e.reason.as_str()),
+            None => (
+                StatusCode::BAD_REQUEST,
+                "request body incomplete or unreadable",
+            ),
+        };
+        let mut response = plain(status, reason);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    upstream::error_response(status, rpc, name)
 }
 
 /// The response side of a `Post*` call, as handed to hyper.
