@@ -7,8 +7,8 @@
 
 pub mod client_auth;
 pub mod config;
-mod git_error;
 mod default_branch;
+mod git_error;
 mod http_server;
 mod request_body;
 pub mod route;
@@ -82,8 +82,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate().context("validate configuration")?;
-    let upstream =
-        upstream::Upstream::connect_lazy(&config.upstream, config.upstream_token.as_deref())?;
+    let upstream = upstream::Upstream::connect_lazy(
+        &config.upstream,
+        config.upstream_token.as_deref(),
+        config.upstream_connections,
+    )?;
     let state = Arc::new(smart_http::AppState {
         upstream,
         auth: config.auth_token.clone().map(client_auth::ClientAuth::new),

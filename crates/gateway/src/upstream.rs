@@ -20,7 +20,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// Channel with the upstream bearer token added to every call.
-pub type AuthChannel = InterceptedService<Channel, BearerToken>;
+pub type AuthChannel = InterceptedService<Connections, BearerToken>;
 /// Client of `SmartHTTPService` upstream.
 pub type SmartHttpClient = SmartHttpServiceClient<AuthChannel>;
 /// Client of `RepositoryService` upstream.
@@ -28,7 +28,8 @@ pub type RepositoryClient = RepositoryServiceClient<AuthChannel>;
 /// Client of `RefService` upstream.
 pub type RefClient = RefServiceClient<AuthChannel>;
 
-/// Clients sharing one lazily connected HTTP/2 channel to the upstream.
+/// Clients sharing one lazily connected channel (one or more HTTP/2 connections) to the
+/// upstream.
 #[derive(Clone)]
 pub struct Upstream {
     /// Smart HTTP over gRPC (advertisements).
@@ -46,16 +47,28 @@ impl Upstream {
     /// Builds the clients without connecting: a down upstream makes requests fail with
     /// Unavailable (503) instead of failing start-up, and the channel reconnects by
     /// itself.
-    pub fn connect_lazy(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(url.to_owned())
+    ///
+    /// The calls are spread round-robin over `connections` HTTP/2 connections (see
+    /// [`Connections`]).
+    pub fn connect_lazy(
+        url: &str,
+        token: Option<&str>,
+        connections: usize,
+    ) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
             .context("parse upstream URL")?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true)
-            .http2_adaptive_window(true)
-            .connect_lazy();
+            .http2_adaptive_window(true);
+        // Each lazily connected channel is its own HTTP/2 connection.
+        let channel = Connections::new(
+            (0..connections.max(1))
+                .map(|_| endpoint.clone().connect_lazy())
+                .collect(),
+        );
         let token = BearerToken::new(token).context("build upstream token interceptor")?;
         let max = gitcluster_proto::MAX_MESSAGE_BYTES;
         let smart_http = SmartHttpServiceClient::with_interceptor(channel.clone(), token.clone())
@@ -106,6 +119,49 @@ impl Upstream {
             .insert(GrpcMethod::new(SERVICE, method));
         grpc.streaming(request, path, AbortableCodec::<M, R>::default())
             .await
+    }
+}
+
+/// Several HTTP/2 connections to the upstream, one call after the other round-robin.
+///
+/// One connection for every call made a single GOAWAY (h2's flood guard answering a
+/// burst of small DATA frames, a router restarting its listener) fail every call in
+/// flight at once. With several, a connection torn down fails only the calls it carried;
+/// tonic reconnects it by itself on its next call (each attempt bounded by the 5 s
+/// connect timeout), while the others keep serving. tonic's `balance_list` is not used:
+/// it keys connections by URI, so one URL listed N times is still one connection.
+#[derive(Clone)]
+pub struct Connections {
+    channels: std::sync::Arc<[Channel]>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Connections {
+    fn new(channels: Vec<Channel>) -> Self {
+        Connections {
+            channels: channels.into(),
+            next: Default::default(),
+        }
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Connections {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Readiness is awaited on the chosen connection in `call`.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.channels.len();
+        let channel = self.channels[i].clone();
+        Box::pin(tower::ServiceExt::oneshot(channel, request))
     }
 }
 
