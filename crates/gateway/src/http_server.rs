@@ -18,6 +18,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use crate::framing::Sniffed;
+
 /// Serves `app` on `listener` until `stop_accepting` resolves, then waits for the open
 /// connections to finish their requests (the caller bounds that wait).
 pub(crate) async fn serve(
@@ -49,7 +51,22 @@ pub(crate) async fn serve(
         };
         // Git's small negotiation packets must not wait for delayed ACKs.
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let (tcp, ambiguous) = Sniffed::new(tcp);
+        let app = app.clone();
+        // Shared: hyper's adapter clones the service for every request.
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let service = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let n = requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let ambiguous = ambiguous.contains(n);
+            let app = app.clone();
+            async move {
+                if ambiguous {
+                    return Ok::<_, std::convert::Infallible>(refuse_ambiguous());
+                }
+                tower::ServiceExt::oneshot(app, request).await
+            }
+        });
+        let service = TowerToHyperService::new(service);
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), service)
             .into_owned();
@@ -62,4 +79,19 @@ pub(crate) async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The answer to a request with both Content-Length and Transfer-Encoding (see
+/// `crate::framing`): 400, and the connection is closed after it.
+fn refuse_ambiguous() -> axum::response::Response {
+    debug!("refusing a request with both content-length and transfer-encoding");
+    let mut response = crate::upstream::plain(
+        http::StatusCode::BAD_REQUEST,
+        "request has both Content-Length and Transfer-Encoding",
+    );
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }

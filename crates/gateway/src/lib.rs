@@ -8,6 +8,7 @@
 pub mod client_auth;
 pub mod config;
 mod default_branch;
+mod framing;
 mod git_error;
 mod http_server;
 mod request_body;

@@ -137,6 +137,30 @@ async fn a_body_that_is_not_pkt_lines_is_400_with_a_reason() {
     gw.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_chunked_is_400_and_the_connection_closed() {
+    let cluster = Cluster::builder().storages(1).start().await;
+    create_repository(&cluster, "p.git").await;
+    let gw = gateway(&cluster, |_| {}).await;
+    let st = &cluster.storages[0].storage;
+    let body = [pkt_line("command=ls-refs\n"), b"0000".to_vec()].concat();
+    let mut s = TcpStream::connect(gw.http).await.expect("connect");
+    let head = format!(
+        "POST /{st}/p.git/git-upload-pack HTTP/1.1\r\nHost: t\r\n\
+         Content-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        body.len() + 20,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write head");
+    s.write_all(&body).await.expect("write body");
+    s.write_all(b"\r\n0\r\n\r\n").await.expect("write end");
+    // Keep-alive was not refused by the client: only the gateway can end this.
+    let reply = parse_reply(&read_until_closed(&mut s).await);
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.text().lines().count(), 1, "{}", reply.text());
+    gw.stop().await;
+}
+
 /// Processes running `git receive-pack` on a repository under `root`.
 fn receive_packs_under(root: &std::path::Path) -> usize {
     let root = root.to_string_lossy().into_owned();
