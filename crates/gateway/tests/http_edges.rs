@@ -280,3 +280,48 @@ async fn two_hundred_slow_bodies_do_not_break_an_ordinary_push_and_clone() {
     }
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_slow_bodies_through_the_router_do_not_break_an_ordinary_push_and_clone() {
+    let cluster = Cluster::builder().storages(1).routers(1).start().await;
+    let (work, _) = work_tree(&cluster, "work");
+    let token = cluster.external_token.clone();
+    let gw = Gateway::start(&cluster.routers[0].address, move |c| {
+        c.upstream_token = Some(token);
+    })
+    .await;
+    let url = format!("http://{}/default/p.git", gw.http);
+    git::run(&work, &["push", "-q", &url, "main"]);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let slow: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn(slow_body_client(
+                gw.http,
+                "/default/p.git/git-upload-pack".to_owned(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    // Let the slow bodies get going before the ordinary traffic.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let dir = cluster.dir().to_owned();
+    let pushed = tokio::task::spawn_blocking(move || {
+        for i in 0..3 {
+            git::write_random_file(&work.join(format!("f{i}.bin")), 256 * 1024);
+            git::commit_all(&work, &format!("c{i}"));
+            git::run(&work, &["push", "-q", &url, "main"]);
+            let clone = dir.join(format!("clone{i}"));
+            git::run(&dir, &["clone", "-q", &url, &clone.to_string_lossy()]);
+            assert_eq!(
+                git::run(&clone, &["rev-parse", "HEAD"]),
+                git::run(&work, &["rev-parse", "HEAD"])
+            );
+        }
+    });
+    pushed.await.expect("ordinary pushes and clones succeed");
+    stop.cancel();
+    for client in slow {
+        client.await.expect("slow client");
+    }
+    gw.stop().await;
+}
