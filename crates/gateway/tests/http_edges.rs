@@ -325,3 +325,47 @@ async fn two_hundred_slow_bodies_through_the_router_do_not_break_an_ordinary_pus
     }
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_gets_its_errors_as_err_packets_and_other_clients_get_the_status() {
+    let gw = Gateway::start(&support::dead_upstream().await, |_| {}).await;
+    let git_ua = "User-Agent: git/2.43.0";
+    let r = support::get(
+        gw.http,
+        "/default/p.git/info/refs?service=git-upload-pack",
+        &[git_ua],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/x-git-upload-pack-advertisement")
+    );
+    assert_eq!(r.header("x-gitcluster-status"), Some("503"));
+    assert!(r.text()[4..].starts_with("ERR "), "{}", r.text());
+    assert_eq!(
+        usize::from_str_radix(&r.text()[..4], 16).expect("pkt-line length"),
+        r.body.len()
+    );
+    for service in ["git-upload-pack", "git-receive-pack"] {
+        let body = [
+            pkt_line("want 0000000000000000000000000000000000000001\n"),
+            b"0000".to_vec(),
+        ]
+        .concat();
+        let path = format!("/default/p.git/{service}");
+        let r = support::post(gw.http, &path, &[git_ua], body.clone()).await;
+        assert_eq!(r.status, 200, "{service}: {}", r.text());
+        assert_eq!(
+            r.header("content-type"),
+            Some(format!("application/x-{service}-result").as_str())
+        );
+        assert!(r.text()[4..].starts_with("ERR "), "{service}: {}", r.text());
+        let r = support::post(gw.http, &path, &["User-Agent: curl/8.5"], body).await;
+        assert_eq!(r.status, 503, "{service}: {}", r.text());
+    }
+    // 401 and 404 stay statuses for git: it prompts for credentials / says "not found".
+    let r = support::get(gw.http, "/nope", &[git_ua]).await;
+    assert_eq!(r.status, 404);
+    gw.stop().await;
+}
