@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use config::{Cli, Config};
-pub use smart_http::{BYTES_METRIC, REQUESTS_METRIC};
+pub use smart_http::{BYTES_METRIC, MESSAGES_METRIC, REQUESTS_METRIC};
 
 /// The gateway's bound sockets.
 pub struct Listeners {

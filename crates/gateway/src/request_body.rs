@@ -30,7 +30,7 @@ use http::{HeaderMap, StatusCode, header};
 use tracing::{debug, info};
 
 use crate::route::GitService;
-use crate::smart_http::{BYTES_METRIC, BodyError, CallSignals};
+use crate::smart_http::{BYTES_METRIC, BodyError, CallSignals, MESSAGES_METRIC};
 
 /// How long buffered body bytes wait for more before they are sent anyway.
 pub(crate) const LINGER: Duration = Duration::from_millis(10);
@@ -215,6 +215,7 @@ pub(crate) fn request_chunks(
         fn emit(&mut self, n: usize) -> Chunk {
             let chunk = self.buf.split_to(n).freeze();
             metrics::counter!(BYTES_METRIC, "direction" => "in").increment(chunk.len() as u64);
+            metrics::counter!(MESSAGES_METRIC).increment(1);
             Chunk::Data(chunk)
         }
     }

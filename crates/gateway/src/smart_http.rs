@@ -71,6 +71,9 @@ pub const REQUESTS_METRIC: &str = "gitcluster_gateway_requests_total";
 /// Counter of git payload bytes, labelled `direction` (`in`: client to upstream,
 /// `out`: upstream to client).
 pub const BYTES_METRIC: &str = "gitcluster_gateway_request_bytes_total";
+/// Counter of request-body messages sent upstream (each one or more HTTP/2 DATA
+/// frames): with `BYTES_METRIC{direction="in"}` it shows the mean message size.
+pub const MESSAGES_METRIC: &str = "gitcluster_gateway_upstream_messages_total";
 
 /// What every request handler shares.
 pub(crate) struct AppState {

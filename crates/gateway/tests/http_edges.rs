@@ -369,3 +369,54 @@ async fn git_gets_its_errors_as_err_packets_and_other_clients_get_the_status() {
     assert_eq!(r.status, 404);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_tiny_chunks_goes_upstream_in_few_messages() {
+    let cluster = Cluster::builder().storages(1).start().await;
+    let (work, head) = work_tree(&cluster, "work");
+    create_repository(&cluster, "p.git").await;
+    let gw = gateway(&cluster, |_| {}).await;
+    let st = cluster.storages[0].storage.clone();
+    git::run(
+        &work,
+        &[
+            "push",
+            "-q",
+            &format!("http://{}/{st}/p.git", gw.http),
+            "main",
+        ],
+    );
+    let messages = |text: &str| {
+        gitcluster_integration_tests::metric_sum(text, gitcluster_gateway::MESSAGES_METRIC, &[])
+    };
+    let before = messages(&support::get(gw.metrics, "/metrics", &[]).await.text());
+
+    // 2000 haves (about 100 KB) cut into 7-byte HTTP chunks, all written at once.
+    let mut body = pkt_line(&format!("want {head}\n"));
+    body.extend_from_slice(b"0000");
+    for i in 0..2000u32 {
+        body.extend(pkt_line(&format!("have {:040x}\n", i + 1)));
+    }
+    body.extend(pkt_line("done\n"));
+    let mut wire = Vec::new();
+    for chunk in body.chunks(7) {
+        wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        wire.extend_from_slice(chunk);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    let head_lines =
+        format!("POST /{st}/p.git/git-upload-pack HTTP/1.1\r\nTransfer-Encoding: chunked");
+    let reply = support::send(gw.http, &head_lines, wire).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    let sent = messages(&support::get(gw.metrics, "/metrics", &[]).await.text()) - before;
+    // Full 64 KiB messages, the flush after the wants, the end: a handful, where one
+    // message per HTTP chunk would be about 15 000.
+    assert!(
+        sent <= 50.0,
+        "{sent} upstream messages for {} body bytes",
+        body.len()
+    );
+    gw.stop().await;
+}
