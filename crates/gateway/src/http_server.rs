@@ -61,6 +61,7 @@ pub(crate) async fn serve(
             let app = app.clone();
             async move {
                 if ambiguous {
+                    drain(request.into_body()).await;
                     return Ok::<_, std::convert::Infallible>(refuse_ambiguous());
                 }
                 tower::ServiceExt::oneshot(app, request).await
@@ -94,4 +95,23 @@ fn refuse_ambiguous() -> axum::response::Response {
         http::HeaderValue::from_static("close"),
     );
     response
+}
+
+/// Reads (and drops) up to 64 KiB of a refused request's body for at most a second.
+///
+/// Closing a socket with unread input makes the kernel send RST instead of FIN, and a
+/// client still writing its body may then lose the 400 before reading it.
+async fn drain(body: hyper::body::Incoming) {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while read < 64 * 1024 {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                _ => return,
+            }
+        }
+    })
+    .await;
 }
