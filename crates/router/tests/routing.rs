@@ -348,7 +348,7 @@ async fn update_references_bumps_the_primary_and_publishes_one_job_per_other_rep
         .await
         .set_default_branch(SetDefaultBranchRequest {
             repository: Some(repo("w.git")),
-            name: "refs/heads/main".into(),
+            name: "refs/heads/other".into(),
         })
         .await
         .expect("second write");
@@ -1158,7 +1158,7 @@ async fn writes_succeed_with_the_bus_down_and_jobs_stay_pending() {
         .await
         .set_default_branch(SetDefaultBranchRequest {
             repository: Some(repo("nobus.git")),
-            name: "refs/heads/main".into(),
+            name: "refs/heads/other".into(),
         })
         .await
         .expect("write without a broker");
@@ -1220,7 +1220,7 @@ async fn the_job_bus_connection_is_reopened_after_the_broker_closes_it() {
         .await
         .set_default_branch(SetDefaultBranchRequest {
             repository: Some(repo("rebus.git")),
-            name: "refs/heads/main".into(),
+            name: "refs/heads/other".into(),
         })
         .await
         .expect("write after the reconnect");
