@@ -55,3 +55,83 @@ async fn calls_are_spread_over_the_configured_upstream_connections() {
     });
     gw.stop().await;
 }
+
+/// Local ports of established TCP connections (IPv4 and IPv6) to remote `port`.
+fn local_ports_to(port: u16) -> Vec<u16> {
+    let port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() > 3 && cols[2].ends_with(&port) && cols[3] == "01")
+                .then(|| {
+                    cols[1]
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                })
+                .flatten()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_upstream_connection_fails_only_its_own_calls_and_is_replaced() {
+    let cluster = Cluster::builder().storages(1).start().await;
+    create_repository(&cluster, "p.git").await;
+    let target = cluster.storages[0]
+        .address
+        .trim_start_matches("http://")
+        .to_owned();
+    let storage_port: u16 = target
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let relay = gitcluster_integration_tests::relay::Relay::start(&target);
+    let token = cluster.token.clone();
+    let gw = Gateway::start(&format!("http://{}", relay.addr), |c| {
+        c.upstream_token = Some(token);
+        c.upstream_connections = 4;
+    })
+    .await;
+    let path = format!(
+        "/{}/p.git/info/refs?service=git-upload-pack",
+        cluster.storages[0].storage
+    );
+    eventually!("the gateway holds 4 upstream connections", {
+        let calls: Vec<_> = (0..16).map(|_| get(gw.http, &path, &[])).collect();
+        for reply in futures::future::join_all(calls).await {
+            anyhow::ensure!(reply.status == 200, "{}", reply.text());
+        }
+        let n = established_to(relay.addr.port());
+        anyhow::ensure!(n >= 4, "{n} connections to the upstream");
+        Ok(())
+    });
+
+    // One connection goes silent (a peer that vanished without closing).
+    let frozen = local_ports_to(storage_port)
+        .into_iter()
+        .any(|p| relay.freeze(p));
+    assert!(frozen, "a relayed connection to freeze");
+    let calls: Vec<_> = (0..8).map(|_| get(gw.http, &path, &[])).collect();
+    let statuses: Vec<u16> = futures::future::join_all(calls)
+        .await
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    // Round-robin: the frozen connection carried 2 of the 8; the other 6 were served.
+    assert!(ok >= 6, "{statuses:?}");
+    // Once h2 keep-alive has given the frozen connection up, it is replaced.
+    eventually!("every call succeeds again", {
+        let calls: Vec<_> = (0..8).map(|_| get(gw.http, &path, &[])).collect();
+        for reply in futures::future::join_all(calls).await {
+            anyhow::ensure!(reply.status == 200, "{}", reply.status);
+        }
+        Ok(())
+    });
+    gw.stop().await;
+}
