@@ -11,6 +11,8 @@ pub mod admin;
 pub mod bus;
 #[cfg(feature = "postgres")]
 pub mod database;
+#[cfg(feature = "postgres")]
+pub mod listener;
 pub mod redact;
 pub mod service;
 pub mod shutdown;

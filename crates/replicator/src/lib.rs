@@ -87,7 +87,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(initial);
     let topology_stop = CancellationToken::new();
     let topology_task = tokio::spawn(topology::watch(
-        pool.clone(),
         config.database.database_url.clone(),
         targets_tx,
         topology_stop.clone(),

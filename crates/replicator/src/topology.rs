@@ -1,29 +1,33 @@
-//! The set of target storages, read from the `storages` table: at start-up, on every
-//! `gitcluster_topology` notification (a dedicated LISTEN connection: pooled ones drop
-//! notifications), and every 10 s anyway, since a notification sent while the
-//! listener was disconnected is lost.
+//! The set of target storages, read from the `storages` table at start-up and again
+//! whenever the shared LISTEN watcher (`gitcluster_common::listener`: a dedicated
+//! connection with a heartbeat and reconnects) starts listening or hears
+//! `gitcluster_topology`. Re-reading at every (re)start covers the notifications
+//! lost while disconnected.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool_postgres::Pool;
-use futures::StreamExt as _;
-use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use gitcluster_common::listener::{self, ListenConfig, ListenHandler};
+use tokio::sync::watch;
+use tokio_postgres::{Client, Notification};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::session::Target;
 
 /// The channel `storages` and `virtual_storages` triggers notify.
 pub const CHANNEL: &str = "gitcluster_topology";
-/// Fallback reload period.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(10);
+/// `application_name` of the LISTEN connection, unless the database URL sets one.
+pub const LISTENER_APPLICATION_NAME: &str = "gitcluster-replicator-listener";
 
-/// Every storage of every virtual storage.
+/// Every storage of every virtual storage, read through a pooled connection.
 pub async fn load(pool: &Pool) -> anyhow::Result<BTreeSet<Target>> {
     let client = pool.get().await.context("get database connection")?;
+    read(&client).await
+}
+
+async fn read(client: &Client) -> anyhow::Result<BTreeSet<Target>> {
     let rows = client
         .query("SELECT virtual_storage, storage FROM storages", &[])
         .await
@@ -37,76 +41,45 @@ pub async fn load(pool: &Pool) -> anyhow::Result<BTreeSet<Target>> {
         .collect())
 }
 
-/// Opens the LISTEN connection; the receiver yields one item per notification and
-/// closes when the connection dies.
-async fn listen(url: &str) -> anyhow::Result<(tokio_postgres::Client, mpsc::Receiver<()>)> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .context("connect topology listener")?;
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(_) = message {
-                // A full channel already holds a pending reload.
-                let _ = tx.try_send(());
+/// Publishes the targets whenever they changed.
+struct Targets(watch::Sender<BTreeSet<Target>>);
+
+impl Targets {
+    async fn reload(&mut self, client: &Client) -> anyhow::Result<()> {
+        let new = read(client).await?;
+        self.0.send_if_modified(|current| {
+            if *current == new {
+                return false;
             }
-        }
-    });
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .await
-        .context("listen for topology changes")?;
-    Ok((client, rx))
+            info!(storages = new.len(), "topology changed");
+            *current = new;
+            true
+        });
+        Ok(())
+    }
 }
 
-/// Keeps `targets` current until `stop` fires. Never fails: errors are logged and the
-/// next tick retries.
-pub async fn watch(
-    pool: Pool,
-    url: String,
-    targets: watch::Sender<BTreeSet<Target>>,
-    stop: CancellationToken,
-) {
-    let mut listener: Option<(tokio_postgres::Client, mpsc::Receiver<()>)> = None;
-    let mut tick = tokio::time::interval(RELOAD_EVERY);
-    loop {
-        if listener.is_none() {
-            match listen(&url).await {
-                Ok(l) => listener = Some(l),
-                Err(e) => {
-                    warn!(error = %format!("{e:#}"), "topology listener unavailable, polling only")
-                }
-            }
-        }
-        let notified = async {
-            match listener.as_mut() {
-                Some((_, rx)) => rx.recv().await.is_some(),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            alive = notified => {
-                if !alive {
-                    warn!("topology listener connection lost, reconnecting");
-                    listener = None;
-                }
-            }
-            _ = tick.tick() => {}
-        }
-        match load(&pool).await {
-            Ok(new) => {
-                targets.send_if_modified(|current| {
-                    if *current == new {
-                        return false;
-                    }
-                    info!(storages = new.len(), "topology changed");
-                    *current = new;
-                    true
-                });
-            }
-            Err(e) => warn!(error = %format!("{e:#}"), "topology reload failed"),
-        }
+impl ListenHandler for Targets {
+    async fn listening(&mut self, client: &Client) -> anyhow::Result<()> {
+        self.reload(client).await
     }
+
+    async fn notified(&mut self, client: &Client, _: &Notification) -> anyhow::Result<()> {
+        self.reload(client).await
+    }
+
+    fn lost(&mut self) {
+        // The last targets stay: consumers keep running on the topology they have
+        // until the watcher can read it again.
+    }
+}
+
+/// Keeps `targets` current until `stop` fires; never fails.
+pub async fn watch(url: String, targets: watch::Sender<BTreeSet<Target>>, stop: CancellationToken) {
+    let config = ListenConfig {
+        url,
+        application_name: LISTENER_APPLICATION_NAME.to_owned(),
+        channels: vec![CHANNEL.to_owned()],
+    };
+    listener::watch(config, Targets(targets), stop).await;
 }

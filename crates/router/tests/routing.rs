@@ -638,7 +638,7 @@ async fn a_silently_dead_listen_connection_is_replaced_and_the_cache_rebuilt() {
     assert!(
         router
             .log()
-            .contains("metadata listener lost its connection"),
+            .contains("LISTEN connection lost; reconnecting"),
         "the router says why it reconnected"
     );
 }
