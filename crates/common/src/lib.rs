@@ -16,4 +16,6 @@ pub mod listener;
 pub mod redact;
 pub mod service;
 pub mod shutdown;
+#[cfg(feature = "postgres")]
+pub mod skeleton;
 pub mod telemetry;
