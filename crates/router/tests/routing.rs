@@ -979,9 +979,9 @@ async fn rename_changes_metadata_only() {
 }
 
 /// A request message over the 64 MiB limit is refused with tonic's codes on both
-/// paths — OutOfRange uncompressed (the fast path's own limit, matching what tonic and
-/// so a storage node answers), ResourceExhausted when it only exceeds the limit once
-/// inflated (tonic's decoder on the general path) — and the router keeps serving.
+/// paths with ResourceExhausted — uncompressed (the fast path's own limit) and when it
+/// only exceeds the limit once inflated (tonic's decoder on the general path) — and
+/// the router keeps serving.
 #[tokio::test]
 async fn oversized_requests_are_refused_on_both_paths() {
     let cluster = cluster().await;
@@ -999,7 +999,7 @@ async fn oversized_requests_are_refused_on_both_paths() {
         .find_default_branch(oversized())
         .await
         .expect_err("uncompressed oversized request");
-    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("larger than"), "{err:?}");
     let err = router
         .ref_client()

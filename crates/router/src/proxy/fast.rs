@@ -103,7 +103,7 @@ impl Coordinator {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
                 let status = if e.is::<http_body_util::LengthLimitError>() {
-                    Status::out_of_range(format!(
+                    Status::resource_exhausted(format!(
                         "request message larger than {MAX_MESSAGE_BYTES} bytes"
                     ))
                 } else {

@@ -148,7 +148,8 @@ impl Coordinator {
         let (metadata, _, mut inbound) = request.into_parts();
         let first = inbound
             .message()
-            .await?
+            .await
+            .map_err(client_stream_error)?
             .ok_or_else(|| Status::invalid_argument("empty request stream"))?;
         let message = DynamicMessage::decode(info.input.clone(), first.clone())
             .map_err(|e| Status::invalid_argument(format!("decode request: {e}")))?;
@@ -483,6 +484,17 @@ fn advertises_empty_if_missing(message: &DynamicMessage) -> bool {
         .get_field_by_name("advertise_empty_if_missing")
         .and_then(|v| v.as_bool())
         .unwrap_or(false)
+}
+
+/// The status for a client's request stream that failed to decode. tonic calls a
+/// message over the size limit OutOfRange when uncompressed (ResourceExhausted when
+/// only its inflated size is over): both are ResourceExhausted here, the code gRPC
+/// gives a message larger than the server accepts.
+fn client_stream_error(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::OutOfRange => Status::resource_exhausted(status.message().to_owned()),
+        _ => status,
+    }
 }
 
 /// InvalidArgument with the rule `relative_path` breaks, if any (see
