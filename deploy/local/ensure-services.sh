@@ -15,6 +15,8 @@ apt_install() {
 }
 
 have git || apt_install git
+# The router benchmark measures HAProxy (HTTP/2 on both sides) as its yardstick.
+have haproxy || apt_install haproxy
 have curl || apt_install curl
 
 # PostgreSQL

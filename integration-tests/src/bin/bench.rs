@@ -226,7 +226,13 @@ async fn router_bench() -> Result<serde_json::Value> {
     let hop_channel = tonic::transport::Endpoint::from_shared(hop.url.clone())?
         .connect()
         .await?;
-    let [direct, routed, hopped] = unary_latencies(
+    // The yardstick: a production HTTP/2 proxy (HAProxy, `mode http`, `proto h2` on
+    // both sides) in front of the same node, in the same alternation.
+    let haproxy = HaProxy::start(&cluster.storages[primary_idx].address, &scratch)?;
+    let haproxy_channel = tonic::transport::Endpoint::from_shared(haproxy.url.clone())?
+        .connect()
+        .await?;
+    let [direct, routed, hopped, proxied] = unary_latencies(
         [
             UnaryTarget {
                 channel: cluster.channel(primary_idx).await,
@@ -243,11 +249,17 @@ async fn router_bench() -> Result<serde_json::Value> {
                 auth: cluster.auth(),
                 repository: cluster.repository(primary_idx, &small_replica),
             },
+            UnaryTarget {
+                channel: haproxy_channel,
+                auth: cluster.auth(),
+                repository: cluster.repository(primary_idx, &small_replica),
+            },
         ],
         calls,
     )
     .await?;
     drop(hop);
+    drop(haproxy);
     // The router answers RepositoryExists from its metadata cache: this isolates its
     // fixed per-call cost (auth, decode, cache) from the cost of forwarding.
     let mut exists_client = RepositoryServiceClient::with_interceptor(
@@ -307,6 +319,10 @@ async fn router_bench() -> Result<serde_json::Value> {
     let (d50, r50) = (us(percentile(&direct, 0.5)), us(percentile(&routed, 0.5)));
     let (d99, r99) = (us(percentile(&direct, 0.99)), us(percentile(&routed, 0.99)));
     let (h50, h99) = (us(percentile(&hopped, 0.5)), us(percentile(&hopped, 0.99)));
+    let (p50, p99) = (
+        us(percentile(&proxied, 0.5)),
+        us(percentile(&proxied, 0.99)),
+    );
 
     // 2. Clone throughput: gateway → router vs gateway → the primary storage node.
     let work = scratch.join("work");
@@ -432,6 +448,9 @@ async fn router_bench() -> Result<serde_json::Value> {
         "unary_added_p99_us": round(r99 - d99),
         "unary_l4_hop_added_p50_us": round(h50 - d50),
         "unary_l4_hop_added_p99_us": round(h99 - d99),
+        "unary_haproxy_h2_added_p50_us": round(p50 - d50),
+        "unary_haproxy_h2_added_p99_us": round(p99 - d99),
+        "router_vs_haproxy_h2_p50": round((r50 - d50) / (p50 - d50)),
         "unary_router_answered_p50_us": round(local50),
         "unary_node_exists_p50_us": round(us(percentile(&floor, 0.5))),
         "unary_node_health_p50_us": round(us(percentile(&bare, 0.5))),
@@ -497,6 +516,60 @@ impl Forwarder {
 }
 
 impl Drop for Forwarder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// HAProxy in front of one node, HTTP/2 on both sides, one thread (like the hop and
+/// a router serving thread); stopped when dropped.
+struct HaProxy {
+    child: std::process::Child,
+    /// `http://<its address>`.
+    url: String,
+}
+
+impl HaProxy {
+    /// Starts HAProxy (Debian's package; `deploy/local/ensure-services.sh` installs
+    /// it) in front of `target` (`http://host:port`) and waits until it accepts.
+    fn start(target: &str, scratch: &Path) -> Result<HaProxy> {
+        let target = target.strip_prefix("http://").unwrap_or(target);
+        let port = gitcluster_integration_tests::free_port();
+        let config = scratch.join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n  nbthread 1\n\ndefaults\n  mode http\n  timeout connect 5s\n  \
+                 timeout client 60s\n  timeout server 60s\n\nfrontend grpc\n  \
+                 bind 127.0.0.1:{port} proto h2\n  default_backend node\n\nbackend node\n  \
+                 server node {target} proto h2\n"
+            ),
+        )?;
+        let child = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("start haproxy (deploy/local/ensure-services.sh installs it)")?;
+        let proxy = HaProxy {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "haproxy did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(proxy)
+    }
+}
+
+impl Drop for HaProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
