@@ -43,6 +43,59 @@ impl Change {
             Change::DeleteReplica => "delete_replica",
         }
     }
+
+    /// The change a `replication_jobs.change` value names, if any.
+    pub fn parse(value: &str) -> Option<Change> {
+        match value {
+            "update" => Some(Change::Update),
+            "delete_replica" => Some(Change::DeleteReplica),
+            _ => None,
+        }
+    }
+}
+
+/// `replication_jobs.state`, as the replicator reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Written, not yet confirmed by the broker.
+    Pending,
+    /// Confirmed by the broker.
+    Published,
+    /// A replicator is running it.
+    InProgress,
+    /// Finished successfully.
+    Done,
+    /// Failed; retried after a delay.
+    Failed,
+    /// Failed for the last time; in the dead-letter queue.
+    Dead,
+}
+
+impl JobState {
+    /// The state a `replication_jobs.state` value names, if any.
+    pub fn parse(value: &str) -> Option<JobState> {
+        Some(match value {
+            "pending" => JobState::Pending,
+            "published" => JobState::Published,
+            "in_progress" => JobState::InProgress,
+            "done" => JobState::Done,
+            "failed" => JobState::Failed,
+            "dead" => JobState::Dead,
+            _ => return None,
+        })
+    }
+
+    /// The value stored in `replication_jobs.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Published => "published",
+            JobState::InProgress => "in_progress",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Dead => "dead",
+        }
+    }
 }
 
 /// Body of a replication job message (JSON).

@@ -36,7 +36,8 @@ use gitcluster_common::bus::lapin::options::{
 use gitcluster_common::bus::lapin::types::{AMQPValue, FieldTable, ShortString};
 use gitcluster_common::bus::{self, Destination, Envelope, Publisher};
 use gitcluster_proto::jobs::{
-    ATTEMPT_HEADER, CONTENT_TYPE, ERROR_HEADER, ReplicationJob, TRACEPARENT_HEADER,
+    ATTEMPT_HEADER, CONTENT_TYPE, Change, ERROR_HEADER, JobState, ReplicationJob,
+    TRACEPARENT_HEADER,
 };
 use gitcluster_proto::v1::{RemoveRepositoryRequest, ReplicateRepositoryRequest, Repository};
 use tracing::{Instrument as _, debug, error, info, warn};
@@ -276,8 +277,7 @@ async fn attempt_job(
     let tx = lock_conn.transaction().await.db("begin lock transaction")?;
     let acquired: bool = tx
         .query_one(
-            "SELECT pg_try_advisory_xact_lock(hashtextextended($1::bigint::text || '/' || $2::text, 0)),
-                    set_config('idle_in_transaction_session_timeout', '0', true)",
+            include_str!("queries/take_replication_lock.sql"),
             &[&repository_id, &target],
         )
         .await
@@ -289,14 +289,11 @@ async fn attempt_job(
     }
     // Re-read under the lock: the holder we waited out may have finished this very job.
     let again = tx
-        .query_opt(
-            "SELECT state::text, error FROM replication_jobs WHERE id = $1",
-            &[&id],
-        )
+        .query_opt(include_str!("queries/job_state.sql"), &[&id])
         .await
         .db("re-read job")?;
     let step = match again {
-        Some(row) => finished(row.get(0), row.get(1)),
+        Some(row) => finished(&row.get::<_, String>(0), row.get(1)),
         // Deleted meanwhile (with its repository): nothing left to do.
         None => Some(Step::Ack(Outcome::Duplicate)),
     };
@@ -310,17 +307,7 @@ async fn attempt_job(
         let client = jobs.pool.get().await.map_err(pool_failure)?;
         client
             .query_one(
-                // clock_timestamp(), not now(): the times must follow the real order
-                // of events across transactions (created ≤ published ≤ started ≤
-                // finished). A job the replicator got was published, whether or not
-                // the router's confirmation has recorded that yet.
-                "WITH t AS (SELECT clock_timestamp() AS ts)
-                 UPDATE replication_jobs
-                    SET state = 'in_progress', attempts = $2, started_at = t.ts,
-                        published_at = COALESCE(published_at, t.ts), updated_at = t.ts
-                   FROM t
-                  WHERE id = $1
-              RETURNING created_at",
+                include_str!("queries/mark_in_progress.sql"),
                 &[&id, &(attempt.min(i32::MAX as u32) as i32)],
             )
             .await
@@ -344,22 +331,18 @@ async fn attempt_job(
         target: &target,
         replica_path: &replica_path,
     };
-    let result = match change.as_str() {
-        "update" => match source.as_deref() {
+    let result = match Change::parse(&change) {
+        Some(Change::Update) => match source.as_deref() {
             Some(source) => update(jobs, &tx, &ctx, source).await,
             None => Err(Failure::Job("update job without a source storage".into())),
         },
-        "delete_replica" => delete_replica(jobs, &tx, &ctx).await,
-        other => Err(Failure::Job(format!("unknown change {other:?}"))),
+        Some(Change::DeleteReplica) => delete_replica(jobs, &tx, &ctx).await,
+        None => Err(Failure::Job(format!("unknown change {change:?}"))),
     };
     let step = match result {
         Ok((outcome, source_generation)) => {
             tx.execute(
-                "UPDATE replication_jobs
-                    SET state = 'done', finished_at = clock_timestamp(), error = NULL,
-                        source_generation = COALESCE($2, source_generation),
-                        updated_at = clock_timestamp()
-                  WHERE id = $1",
+                include_str!("queries/record_done.sql"),
                 &[&id, &source_generation],
             )
             .await
@@ -376,15 +359,13 @@ async fn attempt_job(
             let error = one_line(&error);
             let fate = retry::after_failure(&jobs.delays, attempt, jobs.max_attempts);
             let state = if fate == AfterFailure::Dead {
-                "dead"
+                JobState::Dead
             } else {
-                "failed"
-            };
+                JobState::Failed
+            }
+            .as_str();
             tx.execute(
-                "UPDATE replication_jobs
-                    SET state = $2::text::replication_job_state, error = $3,
-                        finished_at = clock_timestamp(), updated_at = clock_timestamp()
-                  WHERE id = $1",
+                include_str!("queries/record_failure.sql"),
                 &[&id, &state, &error],
             )
             .await
@@ -400,12 +381,12 @@ async fn attempt_job(
 /// What to do with a delivery whose job row is already in a final state: `None`
 /// while the job still has to run.
 fn finished(state: &str, error: Option<String>) -> Option<Step> {
-    match state {
-        "done" => {
+    match JobState::parse(state) {
+        Some(JobState::Done) => {
             debug!("job already done");
             Some(Step::Ack(Outcome::Duplicate))
         }
-        "dead" => Some(Step::AlreadyDead(
+        Some(JobState::Dead) => Some(Step::AlreadyDead(
             error.unwrap_or_else(|| "dead before this delivery".into()),
         )),
         _ => None,
