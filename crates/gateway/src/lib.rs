@@ -5,12 +5,14 @@
 //! [`run`] binds the listeners, then serves until the shutdown token fires. Tests that
 //! need the bound ports use [`Listeners::bind`] and [`serve`].
 
+mod call;
 pub mod client_auth;
 pub mod config;
 mod default_branch;
 mod framing;
 mod git_error;
 mod http_server;
+mod push_to_create;
 mod request_body;
 pub mod route;
 mod smart_http;
@@ -26,8 +28,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use call::{BYTES_METRIC, MESSAGES_METRIC, REQUESTS_METRIC};
 pub use config::{Cli, Config};
-pub use smart_http::{BYTES_METRIC, MESSAGES_METRIC, REQUESTS_METRIC};
 
 /// The gateway's bound sockets.
 pub struct Listeners {

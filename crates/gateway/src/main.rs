@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use gitcluster_gateway::Cli;
 use gitcluster_common::service;
+use gitcluster_gateway::Cli;
 
 const SERVICE: &str = "gitcluster-gateway";
 

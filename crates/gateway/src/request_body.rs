@@ -29,8 +29,8 @@ use gitcluster_proto::STREAM_CHUNK_BYTES;
 use http::{HeaderMap, StatusCode, header};
 use tracing::{debug, info};
 
+use crate::call::{BYTES_METRIC, BodyError, CallSignals, MESSAGES_METRIC};
 use crate::route::GitService;
-use crate::smart_http::{BYTES_METRIC, BodyError, CallSignals, MESSAGES_METRIC};
 
 /// How long buffered body bytes wait for more before they are sent anyway.
 pub(crate) const LINGER: Duration = Duration::from_millis(10);

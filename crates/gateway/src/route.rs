@@ -152,6 +152,11 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// `storage/relative_path`, how logs name a repository.
+pub(crate) fn display(repo: &RepoPath) -> String {
+    format!("{}/{}", repo.storage, repo.relative_path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

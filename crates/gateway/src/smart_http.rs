@@ -35,7 +35,7 @@
 //! after the push checks something out.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -48,9 +48,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt as _, TryStreamExt as _, stream};
 use gitcluster_proto::abortable::Outbound;
 use gitcluster_proto::v1::{
-    CreateRepositoryRequest, InfoRefsRequest, InfoRefsResponse, PostReceivePackRequest,
-    PostReceivePackResponse, PostUploadPackRequest, PostUploadPackResponse,
-    RemoveRepositoryRequest, RepositoryExistsRequest,
+    InfoRefsRequest, InfoRefsResponse, PostReceivePackRequest, PostReceivePackResponse,
+    PostUploadPackRequest, PostUploadPackResponse,
 };
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tokio::sync::{mpsc, oneshot};
@@ -58,22 +57,15 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::codec::Streaming;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
+use crate::call::{BYTES_METRIC, CallSignals, REQUESTS_METRIC};
 use crate::client_auth::{self, AuthOutcome, ClientAuth};
 use crate::git_error::{self, Answer, Sideband};
+use crate::push_to_create::{CreatedRepository, Ensured, ensure_repository};
 use crate::request_body::{Chunk, expected_length, request_chunks};
-use crate::route::{self, Endpoint, GitService, RepoPath};
-use crate::upstream::{self, RefClient, RepositoryClient, Upstream, plain};
-
-/// Counter of answered requests, labelled `service` and `code` (HTTP status).
-pub const REQUESTS_METRIC: &str = "gitcluster_gateway_requests_total";
-/// Counter of git payload bytes, labelled `direction` (`in`: client to upstream,
-/// `out`: upstream to client).
-pub const BYTES_METRIC: &str = "gitcluster_gateway_request_bytes_total";
-/// Counter of request-body messages sent upstream (each one or more HTTP/2 DATA
-/// frames): with `BYTES_METRIC{direction="in"}` it shows the mean message size.
-pub const MESSAGES_METRIC: &str = "gitcluster_gateway_upstream_messages_total";
+use crate::route::{self, Endpoint, GitService, RepoPath, display};
+use crate::upstream::{self, RefClient, Upstream, plain};
 
 /// What every request handler shares.
 pub(crate) struct AppState {
@@ -263,7 +255,14 @@ async fn post_rpc(
 ) -> Response {
     let (created, body) = match service {
         GitService::UploadPack => (None, body),
-        GitService::ReceivePack => match ensure_repository(state, repo, body).await {
+        GitService::ReceivePack => match ensure_repository(
+            state.upstream.repository.clone(),
+            state.push_to_create,
+            repo,
+            body,
+        )
+        .await
+        {
             Ok(Ensured::Ready(created, body)) => (created, body),
             Ok(Ensured::NothingToDo) => {
                 let content_type = format!("application/x-{}-result", service.name());
@@ -414,128 +413,6 @@ struct ResponseReader {
     rx: mpsc::Receiver<Result<Bytes, tonic::Status>>,
     gone: Option<DropGuard>,
     delivered: CancellationToken,
-}
-
-/// Signals shared by a `Post*` call's request stream, its driver and the response.
-#[derive(Clone, Default)]
-pub(crate) struct CallSignals {
-    /// Set by the driver: the request stream must abort now.
-    pub(crate) abort: CancellationToken,
-    /// Set by the request stream once it has ended cleanly or begun aborting.
-    pub(crate) request_over: CancellationToken,
-    /// Set when the HTTP side went away before the response was complete.
-    pub(crate) client_gone: CancellationToken,
-    /// Set when the whole response was handed to the client connection.
-    pub(crate) delivered: CancellationToken,
-    /// The client's request body could not be read completely.
-    pub(crate) body_failed: Arc<AtomicBool>,
-    /// Why the client's request body failed, when it did (set before `body_failed`).
-    pub(crate) body_error: Arc<std::sync::OnceLock<BodyError>>,
-    /// Whether the client asked for side-band output, once its first pkt-line is read.
-    pub(crate) sideband: Arc<std::sync::OnceLock<bool>>,
-}
-
-/// A request body the gateway refused: the client's fault, answered with `status`.
-#[derive(Debug)]
-pub(crate) struct BodyError {
-    pub(crate) status: StatusCode,
-    pub(crate) reason: String,
-}
-
-impl BodyError {
-    pub(crate) fn new(status: StatusCode, reason: String) -> Self {
-        BodyError { status, reason }
-    }
-
-    /// The body could not be read to its end (connection dropped, bad chunking, ...).
-    pub(crate) fn incomplete(detail: String) -> Self {
-        debug!(detail, "request body incomplete");
-        BodyError::new(
-            StatusCode::BAD_REQUEST,
-            "request body incomplete or unreadable".to_owned(),
-        )
-    }
-}
-
-/// What a push found before its call starts.
-enum Ensured {
-    /// Push into the repository; `Some` when this request created it. The body is
-    /// whole again (its first bytes may have been read to look for commands).
-    Ready(Option<Box<CreatedRepository>>, Body),
-    /// The repository does not exist and the body has no commands (git's probe POST):
-    /// git's own answer is empty, and nothing is created.
-    NothingToDo,
-}
-
-/// Makes sure a push has a repository to land in (see the module doc).
-async fn ensure_repository(
-    state: &AppState,
-    repo: &RepoPath,
-    body: Body,
-) -> Result<Ensured, Response> {
-    let mut client = state.upstream.repository.clone();
-    let name = display(repo);
-    let exists = client
-        .repository_exists(RepositoryExistsRequest {
-            repository: Some(repo.to_proto()),
-        })
-        .await
-        .map_err(|s| upstream::error_response(&s, "RepositoryExists", &name))?
-        .into_inner()
-        .exists;
-    if exists {
-        return Ok(Ensured::Ready(None, body));
-    }
-    if !state.push_to_create {
-        return Err(plain(StatusCode::NOT_FOUND, "repository not found"));
-    }
-    let (head, body) = peek(body, 4).await;
-    if head.starts_with(b"0000") {
-        debug!(repo = %name, "push without commands to a missing repository; nothing created");
-        return Ok(Ensured::NothingToDo);
-    }
-    let request = CreateRepositoryRequest {
-        repository: Some(repo.to_proto()),
-        ..Default::default()
-    };
-    match client.create_repository(request).await {
-        Ok(_) => {
-            info!(repo = %name, "created repository for push");
-            Ok(Ensured::Ready(
-                Some(Box::new(CreatedRepository {
-                    client,
-                    repo: repo.clone(),
-                })),
-                body,
-            ))
-        }
-        // A concurrent first push won the race: push into its repository, which is
-        // not ours to remove.
-        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(Ensured::Ready(None, body)),
-        Err(s) => Err(upstream::error_response(&s, "CreateRepository", &name)),
-    }
-}
-
-/// Reads the body's first `n` bytes (fewer if it ends, or fails, sooner) and gives
-/// them back with a body that yields everything again, a read error included.
-async fn peek(body: Body, n: usize) -> (Vec<u8>, Body) {
-    let mut data = body.into_data_stream();
-    let mut seen: Vec<Result<Bytes, axum::Error>> = Vec::new();
-    let mut head = Vec::new();
-    while head.len() < n {
-        match data.next().await {
-            Some(Ok(bytes)) => {
-                head.extend_from_slice(&bytes[..bytes.len().min(n - head.len())]);
-                seen.push(Ok(bytes));
-            }
-            Some(Err(e)) => {
-                seen.push(Err(e));
-                break;
-            }
-            None => break,
-        }
-    }
-    (head, Body::from_stream(stream::iter(seen).chain(data)))
 }
 
 /// One item of the request stream: body bytes, or the order to abort.
@@ -738,42 +615,11 @@ async fn relay_advertisement(
     with_git_headers(Response::new(Body::from_stream(body)), content_type)
 }
 
-fn with_git_headers(mut response: Response, content_type: &str) -> Response {
+pub(crate) fn with_git_headers(mut response: Response, content_type: &str) -> Response {
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(content_type) {
         headers.insert(header::CONTENT_TYPE, v);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
-}
-
-/// A repository this request created for a push.
-struct CreatedRepository {
-    client: RepositoryClient,
-    repo: RepoPath,
-}
-
-impl CreatedRepository {
-    /// Asks the router to remove the repository while it is still exactly as
-    /// created (best effort): the first push did not complete.
-    async fn remove_if_as_created(mut self) {
-        let name = display(&self.repo);
-        let request = RemoveRepositoryRequest {
-            repository: Some(self.repo.to_proto()),
-            only_if_empty: true,
-        };
-        match self.client.remove_repository(request).await {
-            Ok(_) => info!(repo = %name, "removed repository of an aborted first push"),
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                info!(repo = %name, reason = s.message(),
-                    "repository of an aborted first push kept: it is no longer as created")
-            }
-            Err(s) => warn!(repo = %name, code = ?s.code(), message = s.message(),
-                "cannot remove repository of an aborted first push"),
-        }
-    }
-}
-
-fn display(repo: &RepoPath) -> String {
-    format!("{}/{}", repo.storage, repo.relative_path)
 }
