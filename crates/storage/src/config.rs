@@ -11,6 +11,10 @@
 //! | `--auth-transitioning` | `GITCLUSTER_STORAGE_AUTH_TRANSITIONING` | false |
 //! | `--git-bin` | `GITCLUSTER_GIT_BIN` | `git` |
 //! | `--max-git-processes` | `GITCLUSTER_STORAGE_MAX_GIT_PROCESSES` | 64 |
+//! | `--max-git-processes-per-repository` | `GITCLUSTER_STORAGE_MAX_GIT_PROCESSES_PER_REPOSITORY` | 0: half of the above |
+//! | `--max-replication-git-processes` | `GITCLUSTER_STORAGE_MAX_REPLICATION_GIT_PROCESSES` | 16 (each of two pools) |
+//! | `--git-slot-wait-secs` | `GITCLUSTER_STORAGE_GIT_SLOT_WAIT_SECS` | 10 |
+//! | `--stream-idle-timeout-secs` | `GITCLUSTER_STORAGE_STREAM_IDLE_TIMEOUT_SECS` | 60 |
 //! | `--graceful-timeout-secs` | `GITCLUSTER_STORAGE_GRACEFUL_TIMEOUT_SECS` | 30 |
 //! | `--temp-max-age-secs` | `GITCLUSTER_STORAGE_TEMP_MAX_AGE_SECS` | 3600 |
 //! | `--dump-config` | | prints the effective config (token redacted) and exits |
@@ -99,6 +103,9 @@ pub struct Args {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub dump_config: bool,
+    /// Process slot and stream limits (`crate::slots`).
+    #[command(flatten)]
+    pub limits: crate::slots::LimitArgs,
 }
 
 /// A configuration problem: the process exits with status 64.
@@ -144,6 +151,8 @@ pub struct Config {
     /// Executable run by `git fetch` as its ssh transport during replication (it is
     /// invoked as `<ssh_helper> ssh-upload-pack ...`). Defaults to this executable.
     pub ssh_helper: PathBuf,
+    /// Process slot and stream limits.
+    pub limits: crate::slots::Limits,
 }
 
 impl fmt::Debug for Config {
@@ -161,6 +170,7 @@ impl fmt::Debug for Config {
             .field("temp_max_age", &self.temp_max_age)
             .field("temp_sweep_interval", &self.temp_sweep_interval)
             .field("ssh_helper", &self.ssh_helper)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -183,6 +193,7 @@ impl Config {
             temp_sweep_interval: DEFAULT_TEMP_SWEEP_INTERVAL,
             ssh_helper: std::env::current_exe()
                 .unwrap_or_else(|_| PathBuf::from("gitcluster-storage")),
+            limits: crate::slots::Limits::default(),
         }
     }
 
@@ -257,6 +268,7 @@ impl Config {
         config.max_git_processes = args.max_git_processes;
         config.graceful_timeout = Duration::from_secs(args.graceful_timeout_secs);
         config.temp_max_age = Duration::from_secs(args.temp_max_age_secs);
+        config.limits = crate::slots::Limits::from_args(&args.limits).map_err(ConfigError)?;
         Ok(config)
     }
 

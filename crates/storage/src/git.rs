@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tonic::Status;
+
+use crate::slots::{Limits, Slot, SlotClass, Slots};
 
 /// How much of a git process's stderr is kept (the tail).
 pub const STDERR_TAIL_BYTES: usize = 8 * 1024;
@@ -60,17 +61,29 @@ pub const HOOKS_DIR_IN_HOME: &str = "hooks";
 pub struct Git {
     bin: PathBuf,
     home: PathBuf,
-    limit: Arc<Semaphore>,
+    slots: Arc<Slots>,
 }
 
 impl Git {
-    /// A factory running `bin`, with `HOME=home`, at most `max_processes` at once.
+    /// A factory running `bin`, with `HOME=home`, at most `max_processes` client
+    /// processes at once and the default [`Limits`].
     pub fn new(bin: PathBuf, home: PathBuf, max_processes: usize) -> Self {
+        Git::with_limits(bin, home, max_processes, &Limits::default())
+    }
+
+    /// A factory running `bin`, with `HOME=home`, under the process slots of
+    /// [`crate::slots`]: `max_processes` client processes and `limits`.
+    pub fn with_limits(bin: PathBuf, home: PathBuf, max_processes: usize, limits: &Limits) -> Self {
         Git {
             bin,
             home,
-            limit: Arc::new(Semaphore::new(max_processes.max(1))),
+            slots: Arc::new(Slots::new(max_processes, limits)),
         }
+    }
+
+    /// The node's process slots.
+    pub fn slots(&self) -> &Slots {
+        &self.slots
     }
 
     /// Starts building `git <args>`; with `git_dir` set the command runs against that
@@ -94,6 +107,8 @@ impl Git {
             args,
             env: Vec::new(),
             name: String::new(),
+            class: SlotClass::Client,
+            repository: git_dir.map(Path::to_path_buf),
         }
     }
 }
@@ -105,6 +120,9 @@ pub struct GitCommand {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     name: String,
+    class: SlotClass,
+    // Whose per-repository slots the process counts against (client class only).
+    repository: Option<PathBuf>,
 }
 
 /// Captured result of a finished git process.
@@ -186,6 +204,19 @@ impl GitCommand {
         }
     }
 
+    /// Counts the process against `path`'s per-repository slots; commands built with
+    /// a `git_dir` already do, this is for those naming the repository in an argument.
+    pub fn repository(mut self, path: &Path) -> Self {
+        self.repository = Some(path.to_path_buf());
+        self
+    }
+
+    /// Draws the process's slot from `class`'s pool (default: client).
+    pub fn slot_class(mut self, class: SlotClass) -> Self {
+        self.class = class;
+        self
+    }
+
     /// The command's name for messages, e.g. `git fetch`.
     pub fn name(&self) -> &str {
         &self.name
@@ -211,7 +242,8 @@ impl GitCommand {
     }
 
     /// Spawns the process with piped stdin/stdout and a bounded stderr collector,
-    /// after waiting for a slot under the concurrency cap.
+    /// after waiting for a slot ([`crate::slots`]; ResourceExhausted when none frees
+    /// up within the bound).
     pub async fn spawn(self) -> Result<GitChild, Status> {
         self.spawn_inner(true).await
     }
@@ -225,11 +257,9 @@ impl GitCommand {
     async fn spawn_inner(self, collect_stderr: bool) -> Result<GitChild, Status> {
         let permit = self
             .git
-            .limit
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Status::unavailable("git process limiter closed"))?;
+            .slots
+            .acquire(self.class, self.repository.as_deref())
+            .await?;
         let mut cmd = self.build();
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -315,7 +345,7 @@ pub struct GitChild {
     pub child: Child,
     stderr: Option<JoinHandle<Vec<u8>>>,
     name: String,
-    _permit: OwnedSemaphorePermit,
+    _permit: Slot,
 }
 
 impl GitChild {

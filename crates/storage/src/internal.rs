@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::slots::SlotClass;
 use crate::stream::{Coalesced, ResponseStream, channel};
 use crate::{NODE_ID_METADATA, Node};
 
@@ -127,7 +128,10 @@ impl InternalService for Internal {
             .git
             .command(None)
             .args(["upload-pack"])
-            .args([&repo.path]);
+            .args([&repo.path])
+            // Serving another node's replication: never queued behind client traffic,
+            // nor behind this node's own fetches (`crate::slots`).
+            .slot_class(SlotClass::Peer);
         cmd = cmd.git_protocol(&first.git_protocol);
         let mut child = cmd.spawn_with_stderr().await?;
         let (Some(mut stdin), Some(stdout), Some(stderr)) = (
@@ -196,6 +200,7 @@ impl InternalService for Internal {
             .git
             .command(Some(&repo.path))
             .args(["symbolic-ref", "-q", "HEAD"])
+            .slot_class(SlotClass::Peer)
             .output(&[])
             .await?;
         let head = if head.status.success() {

@@ -16,6 +16,7 @@ pub mod refs;
 pub mod refstate;
 pub mod replicate;
 pub mod repository;
+pub mod slots;
 pub mod smarthttp;
 pub mod ssh;
 mod stream;
@@ -66,6 +67,8 @@ pub struct Node {
     /// Held shared by every ref-changing write for its repository and exclusively by
     /// a conditional removal (see [`fence`]).
     pub writes: fence::PathLocks,
+    /// Process slot and stream limits ([`slots`]).
+    pub limits: slots::Limits,
 }
 
 /// The bound listeners of a node.
@@ -126,10 +129,11 @@ pub async fn serve(
         config.temp_sweep_interval,
         shutdown.clone(),
     );
-    let git = Git::new(
+    let git = Git::with_limits(
         config.git_bin.clone(),
         storages.git_home(),
         config.max_git_processes,
+        &config.limits,
     );
     let node = Arc::new(Node {
         storages,
@@ -139,6 +143,7 @@ pub async fn serve(
         id: uuid::Uuid::new_v4().to_string(),
         replicating: fence::PathLocks::default(),
         writes: fence::PathLocks::default(),
+        limits: config.limits.clone(),
     });
 
     let readiness = admin::Readiness::default();

@@ -19,6 +19,15 @@ pub const REQUESTS_TOTAL: &str = "gitcluster_storage_requests_total";
 /// Histogram of request durations in seconds by method.
 pub const REQUEST_DURATION: &str = "gitcluster_storage_request_duration_seconds";
 
+/// Gauge of requests waiting for a git process slot, by `class` (client,
+/// replication, peer; see [`crate::slots`]).
+pub const GIT_SLOTS_WAITING: &str = "gitcluster_storage_git_slot_waiting";
+/// Counter of requests refused a git process slot after the wait bound, by `class`
+/// and `limit` (`node`: the pool was full; `repository`: the per-repository limit).
+pub const GIT_SLOTS_REFUSED: &str = "gitcluster_storage_git_slot_refused_total";
+/// Gauge of running git processes by `class`.
+pub const GIT_PROCESSES: &str = "gitcluster_storage_git_processes";
+
 /// Layer recording request metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestMetricsLayer;

@@ -13,6 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gitcluster_proto::v1::smart_http_service_server::SmartHttpService;
 use gitcluster_proto::v1::{
@@ -86,6 +87,7 @@ impl SmartHttp {
             .command(None)
             .args([service, "--stateless-rpc", "--advertise-refs"])
             .args([&dir])
+            .repository(&dir)
             .git_protocol(&req.git_protocol)
             .spawn()
             .await;
@@ -165,6 +167,7 @@ pub(crate) async fn pump_stateless<In, Out>(
     mut inbound: Streaming<In>,
     data_of: fn(In) -> Vec<u8>,
     wrap: fn(Vec<u8>) -> Out,
+    idle: Duration,
     tx: &mpsc::Sender<Result<Out, Status>>,
 ) -> bool
 where
@@ -190,7 +193,7 @@ where
                 return Ok(());
             }
             loop {
-                match inbound.message().await {
+                match next_message(&mut inbound, idle).await {
                     Ok(Some(msg)) => {
                         let data = data_of(msg);
                         if !data.is_empty() && stdin.write_all(&data).await.is_err() {
@@ -207,11 +210,18 @@ where
         }
     });
     let inbound_failed = |writer: tokio::task::JoinHandle<Result<(), Status>>| async move {
-        let reason = match writer.await {
-            Ok(Err(s)) => s.message().to_owned(),
-            _ => "request stream failed".to_owned(),
-        };
-        Status::aborted(format!("request stream failed, {name} killed: {reason}"))
+        match writer.await {
+            Ok(Err(s)) if s.code() == Code::DeadlineExceeded => {
+                Status::deadline_exceeded(format!("{}, {name} killed", s.message()))
+            }
+            Ok(Err(s)) => Status::aborted(format!(
+                "request stream failed, {name} killed: {}",
+                s.message()
+            )),
+            _ => Status::aborted(format!(
+                "request stream failed, {name} killed: request stream failed"
+            )),
+        }
     };
 
     let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
@@ -280,6 +290,18 @@ where
     false
 }
 
+/// The next request message, or DeadlineExceeded when none arrives within `idle`
+/// while the stream is open (a client that stopped sending; see `crate::slots`).
+async fn next_message<T>(inbound: &mut Streaming<T>, idle: Duration) -> Result<Option<T>, Status> {
+    match tokio::time::timeout(idle, inbound.message()).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no request data for {} s",
+            idle.as_secs_f64()
+        ))),
+    }
+}
+
 /// The status ending a successful streamed mutator: code OK with
 /// [`REFS_CHANGED_TRAILER`] in the trailers. Sent as the stream's last item, tonic
 /// turns it into `grpc-status: 0` plus that metadata, and clients see a normal end.
@@ -302,8 +324,8 @@ impl SmartHttp {
         In: Send + 'static,
         Out: Send + 'static,
     {
-        let first = inbound
-            .message()
+        let idle = self.node.limits.stream_idle_timeout;
+        let first = next_message(&mut inbound, idle)
             .await?
             .ok_or_else(|| Status::invalid_argument("empty request stream"))?;
         let (repository, git_protocol) = header_of(&first);
@@ -315,25 +337,46 @@ impl SmartHttp {
             _ => None,
         };
         repo.require_exists()?;
-        // receive-pack reports whether it changed a reference (see `crate::refstate`).
-        let before = match service {
-            "receive-pack" => Some(RefState::load(&repo.path).await),
-            _ => None,
-        };
-        let child = self
-            .node
-            .git
-            .command(None)
-            .args([service, "--stateless-rpc"])
-            .args([&repo.path])
-            .git_protocol(&git_protocol)
-            .spawn()
-            .await?;
         let (tx, stream) = channel();
+        let node = self.node.clone();
         let path = repo.path.clone();
+        // The call is answered (headers) now; git starts only once body bytes arrive,
+        // so a client that sends none holds no process slot (issue 10, defect 6).
         tokio::spawn(async move {
-            let succeeded =
-                pump_stateless(child, data_of(first), inbound, data_of, wrap, &tx).await;
+            let mut data = data_of(first);
+            while data.is_empty() {
+                match next_message(&mut inbound, idle).await {
+                    Ok(Some(m)) => data = data_of(m),
+                    // An empty body: git sees end of input at once.
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+            // receive-pack reports whether it changed a reference (`crate::refstate`).
+            let before = match service {
+                "receive-pack" => Some(RefState::load(&path).await),
+                _ => None,
+            };
+            let spawned = node
+                .git
+                .command(None)
+                .args([service, "--stateless-rpc"])
+                .args([&path])
+                .repository(&path)
+                .git_protocol(&git_protocol)
+                .spawn()
+                .await;
+            let child = match spawned {
+                Ok(c) => c,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let succeeded = pump_stateless(child, data, inbound, data_of, wrap, idle, &tx).await;
             if let (true, Some(before)) = (succeeded, before) {
                 let after = RefState::load(&path).await;
                 let _ = tx
