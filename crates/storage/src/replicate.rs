@@ -182,6 +182,8 @@ async fn fetch(node: &Node, dir: &Path, address: &str, source: &Repository) -> R
     let out = node
         .git
         .command(Some(dir))
+        // Its own pool: a replication never waits behind client traffic (`crate::slots`).
+        .slot_class(crate::slots::SlotClass::Replication)
         .args(["-c", "fetch.fsckObjects=false"])
         .args([
             "fetch",
