@@ -28,9 +28,9 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::Node;
+use crate::fsops::{init_bare, remove_quietly, temp_path};
 use crate::git::{GitChild, last_line};
 use crate::refstate::{RefState, changed_value};
-use crate::repository::{init_bare, remove_quietly, temp_path};
 use crate::stream::{Coalesced, ResponseStream, channel};
 
 /// SmartHTTPService handlers.

@@ -13,7 +13,7 @@ use std::io::{Read as _, Write as _};
 
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::replicate::internal_client;
+use crate::peer::internal_client;
 
 /// The hidden subcommand name.
 pub const SUBCOMMAND: &str = "ssh-upload-pack";
