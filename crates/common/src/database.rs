@@ -132,6 +132,5 @@ mod tests {
         let err = format!("{:#}", bad.validate().expect_err("bad port"));
         assert!(err.starts_with("--database-url is not a valid"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
-
     }
 }

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use gitcluster_election::{Config, run};
 use gitcluster_common::service;
+use gitcluster_election::{Config, run};
 
 fn main() -> ExitCode {
     service::main::<Config, _, _>(

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use gitcluster_geo_log_cursor::{Config, run};
 use gitcluster_common::service;
+use gitcluster_geo_log_cursor::{Config, run};
 
 fn main() -> ExitCode {
     service::main::<Config, _, _>(

@@ -9,9 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use gitcluster_integration_tests::{
-    Cluster, TestDb, binary, eventually, free_port, git, http_get, metric_sum, patience,
-};
 use gitcluster_common::bus::lapin::message::BasicGetMessage;
 use gitcluster_common::bus::lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions,
@@ -20,6 +17,9 @@ use gitcluster_common::bus::lapin::options::{
 use gitcluster_common::bus::lapin::types::FieldTable;
 use gitcluster_common::bus::lapin::{BasicProperties, Channel, Connection};
 use gitcluster_common::bus::{self, Destination, Envelope, Publisher};
+use gitcluster_integration_tests::{
+    Cluster, TestDb, binary, eventually, free_port, git, http_get, metric_sum, patience,
+};
 use gitcluster_proto::jobs::{BusNames, Change, ERROR_HEADER, ReplicationJob};
 use gitcluster_proto::v1::{CalculateChecksumRequest, RepositoryExistsRequest};
 
