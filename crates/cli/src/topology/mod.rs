@@ -123,6 +123,18 @@ struct Row {
     address: Option<String>,
 }
 
+impl Row {
+    /// The text columns both listings start with: virtual storage, node, address
+    /// (empty for a virtual storage without nodes).
+    fn node_cells(&self) -> Vec<String> {
+        vec![
+            self.virtual_storage.clone(),
+            self.storage.clone().unwrap_or_default(),
+            self.address.clone().unwrap_or_default(),
+        ]
+    }
+}
+
 /// The rows both listings print, sorted by virtual storage then storage.
 async fn listing(url: &str, only: Option<&str>) -> anyhow::Result<Vec<Row>> {
     let client = crate::sql::connect(url).await?;
@@ -165,12 +177,9 @@ pub(crate) async fn show(url: &str, args: &ShowArgs, format: Format) -> anyhow::
             let cells: Vec<Vec<String>> = rows
                 .iter()
                 .map(|r| {
-                    vec![
-                        r.virtual_storage.clone(),
-                        r.storage.clone().unwrap_or_default(),
-                        r.address.clone().unwrap_or_default(),
-                        rf(r),
-                    ]
+                    let mut cells = r.node_cells();
+                    cells.push(rf(r));
+                    cells
                 })
                 .collect();
             let header = ["VIRTUAL_STORAGE", "NODE", "ADDRESS", "REPLICATION_FACTOR"];
@@ -212,16 +221,7 @@ pub(crate) async fn list_storages(
     let rows: Vec<&Row> = rows.iter().filter(|r| r.storage.is_some()).collect();
     match format {
         Format::Text => {
-            let cells: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.virtual_storage.clone(),
-                        r.storage.clone().unwrap_or_default(),
-                        r.address.clone().unwrap_or_default(),
-                    ]
-                })
-                .collect();
+            let cells: Vec<Vec<String>> = rows.iter().map(|r| r.node_cells()).collect();
             let header = ["VIRTUAL_STORAGE", "NODE", "ADDRESS"];
             say!("{}", crate::table::render(&header, &cells).trim_end());
         }
