@@ -120,9 +120,6 @@ impl ClusterBuilder {
             cluster.start_replicator(i, &self.replicator_args).await;
         }
         if self.gateway {
-            let port = free_port();
-            let metrics = free_port();
-            let mut env = BTreeMap::new();
             // Through a router the gateway is an external client; otherwise it talks
             // to storage node 1 with the internal token.
             let (upstream, token) = match cluster.routers.first() {
@@ -136,30 +133,12 @@ impl ClusterBuilder {
                     self.token.clone(),
                 ),
             };
-            env.insert("GITCLUSTER_GATEWAY_UPSTREAM_TOKEN".into(), token);
+            let (mut member, port) = cluster.gateway_member("gateway", &upstream, &token);
+            member = member.arg(format!("--push-to-create={}", self.push_to_create));
             if let Some(t) = &self.gateway_auth {
-                env.insert("GITCLUSTER_GATEWAY_AUTH_TOKEN".into(), t.clone());
+                member = member.env("GITCLUSTER_GATEWAY_AUTH_TOKEN", t);
             }
-            let mut m = Member {
-                name: "gateway".into(),
-                binary: binary("gitcluster-gateway"),
-                args: vec![
-                    format!("--listen=127.0.0.1:{port}"),
-                    format!("--metrics-listen=127.0.0.1:{metrics}"),
-                    format!("--upstream={upstream}"),
-                    format!("--push-to-create={}", self.push_to_create),
-                ],
-                env,
-                log: cluster.dir.path().join("gateway.log"),
-                child: None,
-                metrics_addr: ([127, 0, 0, 1], metrics).into(),
-            };
-            m.spawn();
-            m.wait_ready().await;
-            cluster.gateway = Some(Gateway {
-                url: format!("http://127.0.0.1:{port}"),
-                member: m,
-            });
+            cluster.gateway = Some(Gateway::start(member, port).await);
         }
         cluster
     }
@@ -185,6 +164,44 @@ pub struct Gateway {
     pub member: Member,
     /// Base URL, `http://127.0.0.1:<port>`.
     pub url: String,
+}
+
+impl Gateway {
+    /// Starts `member`, a gateway listening on loopback `port`, and waits until it
+    /// is ready.
+    async fn start(member: Member, port: u16) -> Gateway {
+        Gateway {
+            url: format!("http://127.0.0.1:{port}"),
+            member: member.start().await,
+        }
+    }
+}
+
+/// Waits until the router `router` holds a publisher on the job bus (its
+/// `gitcluster_router_bus_connected` gauge reads 1); jobs of writes made before
+/// that stay pending.
+pub async fn wait_router_on_bus(router: &Member) {
+    eventually!("router connected to the job bus", {
+        let m = router.metrics().await?;
+        anyhow::ensure!(
+            metric_sum(&m, "gitcluster_router_bus_connected", &[]) == 1.0,
+            "not yet"
+        );
+        Ok(())
+    });
+}
+
+/// A repository's row in `repositories`, as the harness reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryRecord {
+    /// `repository_id`.
+    pub id: i64,
+    /// Where its replicas live, the same on every storage.
+    pub replica_path: String,
+    /// Its primary storage.
+    pub primary: String,
+    /// Its latest generation.
+    pub generation: i64,
 }
 
 /// A router member.
@@ -275,39 +292,20 @@ impl Cluster {
 
     async fn start_router(&mut self, i: usize) {
         let port = free_port();
-        let metrics = free_port();
-        let mut env = self.service_env();
-        env.insert(
-            "GITCLUSTER_ROUTER_TOKEN".into(),
-            self.external_token.clone(),
-        );
-        let mut member = Member {
-            name: format!("router-{}", i + 1),
-            binary: binary("gitcluster-router"),
-            args: vec![
+        let name = format!("router-{}", i + 1);
+        let member = Member::new(&name, binary("gitcluster-router"), self.dir.path())
+            .args([
                 format!("--listen=127.0.0.1:{port}"),
-                format!("--metrics-listen=127.0.0.1:{metrics}"),
-                format!("--name=router-{}", i + 1),
+                format!("--name={name}"),
                 "--health-interval-ms=300".into(),
-            ],
-            env,
-            log: self.dir.path().join(format!("router-{}.log", i + 1)),
-            child: None,
-            metrics_addr: ([127, 0, 0, 1], metrics).into(),
-        };
-        member.spawn();
-        member.wait_ready().await;
+            ])
+            .envs(self.service_env())
+            .env("GITCLUSTER_ROUTER_TOKEN", &self.external_token)
+            .start()
+            .await;
         // Writes made before the publisher connects stay pending until the outbox relay
         // (reconciler) exists; scenarios want their jobs on the bus, so wait for it.
-        let addr = member.metrics_addr;
-        eventually!("router connected to the job bus", {
-            let (_, m) = http_get(addr, "/metrics").await?;
-            anyhow::ensure!(
-                metric_sum(&m, "gitcluster_router_bus_connected", &[]) == 1.0,
-                "not yet"
-            );
-            Ok(())
-        });
+        wait_router_on_bus(&member).await;
         self.routers.push(Router {
             member,
             address: format!("http://127.0.0.1:{port}"),
@@ -315,49 +313,36 @@ impl Cluster {
     }
 
     async fn start_replicator(&mut self, i: usize, extra: &[String]) {
-        let metrics = free_port();
-        let mut args = vec![format!("--metrics-listen=127.0.0.1:{metrics}")];
-        args.extend(extra.iter().cloned());
-        let mut member = Member {
-            name: format!("replicator-{}", i + 1),
-            binary: binary("gitcluster-replicator"),
-            args,
-            env: self.service_env(),
-            log: self.dir.path().join(format!("replicator-{}.log", i + 1)),
-            child: None,
-            metrics_addr: ([127, 0, 0, 1], metrics).into(),
-        };
-        member.spawn();
-        member.wait_ready().await;
+        let member = Member::new(
+            format!("replicator-{}", i + 1),
+            binary("gitcluster-replicator"),
+            self.dir.path(),
+        )
+        .args(extra.iter().cloned())
+        .envs(self.service_env())
+        .start()
+        .await;
         self.replicators.push(member);
+    }
+
+    /// A gateway member named `name` in front of `upstream`, presenting `token`
+    /// there, and the port it will listen on; not started.
+    fn gateway_member(&self, name: &str, upstream: &str, token: &str) -> (Member, u16) {
+        let port = free_port();
+        let member = Member::new(name, binary("gitcluster-gateway"), self.dir.path())
+            .args([
+                format!("--listen=127.0.0.1:{port}"),
+                format!("--upstream={upstream}"),
+            ])
+            .env("GITCLUSTER_GATEWAY_UPSTREAM_TOKEN", token);
+        (member, port)
     }
 
     /// Starts an extra gateway (not checked for ERROR lines) in front of `upstream`,
     /// e.g. a storage node directly, to compare paths in benchmarks.
     pub async fn extra_gateway(&self, name: &str, upstream: &str, token: &str) -> Gateway {
-        let port = free_port();
-        let metrics = free_port();
-        let mut env = BTreeMap::new();
-        env.insert("GITCLUSTER_GATEWAY_UPSTREAM_TOKEN".into(), token.to_owned());
-        let mut member = Member {
-            name: name.to_owned(),
-            binary: binary("gitcluster-gateway"),
-            args: vec![
-                format!("--listen=127.0.0.1:{port}"),
-                format!("--metrics-listen=127.0.0.1:{metrics}"),
-                format!("--upstream={upstream}"),
-            ],
-            env,
-            log: self.dir.path().join(format!("{name}.log")),
-            child: None,
-            metrics_addr: ([127, 0, 0, 1], metrics).into(),
-        };
-        member.spawn();
-        member.wait_ready().await;
-        Gateway {
-            url: format!("http://127.0.0.1:{port}"),
-            member,
-        }
+        let (member, port) = self.gateway_member(name, upstream, token);
+        Gateway::start(member, port).await
     }
 
     /// A gRPC channel to router `i` (0-based).
@@ -386,24 +371,18 @@ impl Cluster {
         let name = format!("gitaly-{}", i + 1);
         let root = self.dir.path().join(&name);
         let port = free_port();
-        let metrics = free_port();
-        let mut env = BTreeMap::new();
-        env.insert("GITCLUSTER_STORAGE_TOKEN".into(), self.token.clone());
-        let mut member = Member {
-            name: format!("storage-{}", i + 1),
-            binary: binary("gitcluster-storage"),
-            args: vec![
-                format!("--listen=127.0.0.1:{port}"),
-                format!("--metrics-listen=127.0.0.1:{metrics}"),
-                format!("--storage={name}={}", root.display()),
-            ],
-            env,
-            log: self.dir.path().join(format!("storage-{}.log", i + 1)),
-            child: None,
-            metrics_addr: ([127, 0, 0, 1], metrics).into(),
-        };
-        member.spawn();
-        member.wait_ready().await;
+        let member = Member::new(
+            format!("storage-{}", i + 1),
+            binary("gitcluster-storage"),
+            self.dir.path(),
+        )
+        .args([
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--storage={name}={}", root.display()),
+        ])
+        .env("GITCLUSTER_STORAGE_TOKEN", &self.token)
+        .start()
+        .await;
         self.storages.push(StorageNode {
             member,
             address: format!("http://127.0.0.1:{port}"),
@@ -471,6 +450,52 @@ impl Cluster {
         )
     }
 
+    /// A new connection to the cluster's database; panics when it has none.
+    pub async fn db_client(&self) -> tokio_postgres::Client {
+        self.db
+            .as_ref()
+            .expect("cluster has a database")
+            .client()
+            .await
+    }
+
+    /// The record of `relative_path` on virtual storage [`VIRTUAL_STORAGE`]; `None`
+    /// when there is no such repository. Panics without a database.
+    pub async fn repository_record(&self, relative_path: &str) -> Option<RepositoryRecord> {
+        self.db_client()
+            .await
+            .query_opt(
+                "SELECT repository_id, replica_path, \"primary\", generation FROM repositories \
+                 WHERE virtual_storage = $1 AND relative_path = $2",
+                &[&VIRTUAL_STORAGE, &relative_path],
+            )
+            .await
+            .expect("query repositories")
+            .map(|r| RepositoryRecord {
+                id: r.get(0),
+                replica_path: r.get(1),
+                primary: r.get(2),
+                generation: r.get(3),
+            })
+    }
+
+    /// `(storage, generation)` of every replica of repository `id`, sorted by
+    /// storage. Panics without a database.
+    pub async fn replica_generations(&self, id: i64) -> Vec<(String, i64)> {
+        self.db_client()
+            .await
+            .query(
+                "SELECT storage, generation FROM storage_repositories WHERE repository_id = $1 \
+                 ORDER BY storage",
+                &[&id],
+            )
+            .await
+            .expect("query storage_repositories")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
     /// Declares that log lines containing `needle` at ERROR level are expected.
     pub fn expect_error(&mut self, needle: &str) {
         self.expected_errors.push(needle.to_owned());
@@ -486,21 +511,14 @@ impl Cluster {
 
     /// ERROR lines in the members' logs not declared with `expect_error`.
     pub fn unexpected_errors(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for m in self.members() {
-            for line in m.log().lines() {
-                let error = line.contains("\"level\":\"ERROR\"") || line.contains(" ERROR ");
-                if error
-                    && !self
-                        .expected_errors
-                        .iter()
-                        .any(|n| line.contains(n.as_str()))
-                {
-                    out.push(format!("{}: {line}", m.name));
-                }
-            }
-        }
-        out
+        self.members()
+            .into_iter()
+            .flat_map(|m| {
+                m.unexpected_errors(&self.expected_errors)
+                    .into_iter()
+                    .map(move |line| format!("{}: {line}", m.name))
+            })
+            .collect()
     }
 }
 
