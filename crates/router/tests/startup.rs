@@ -3,10 +3,10 @@
 #![allow(clippy::disallowed_methods)] // tests block their own thread on the child process
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use gitcluster_integration_tests::{TestDb, free_port, http_get, patience};
+use gitcluster_integration_tests::{Member, TestDb, amqp_url, free_port, http_get, scratch_dir};
 
+/// The router on a database that refuses it, run to its exit.
 fn router(db_url: &str, metrics_port: u16) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitcluster-router"));
     cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen"])
@@ -37,42 +37,28 @@ async fn unmigrated_database_exits_78_with_one_line_naming_sql_migrate() {
 #[tokio::test]
 async fn migrated_database_serves_healthz_and_sigterm_exits_cleanly() {
     let db = TestDb::create(true).await;
-    let port = free_port();
-    let log = tempfile::NamedTempFile::new().expect("log file");
-    let mut child = router(&db.url, port)
-        .stdout(Stdio::null())
-        .stderr(log.reopen().expect("reopen log"))
-        .spawn()
-        .expect("spawn router");
-    let log_text = || std::fs::read_to_string(log.path()).unwrap_or_default();
-    let addr = ([127, 0, 0, 1], port).into();
-    let deadline = tokio::time::Instant::now() + patience();
-    loop {
-        if let Ok((200, _)) = http_get(addr, "/healthz").await {
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("router exited during start-up: {status}\n{}", log_text());
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "router not ready at {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (code, _) = http_get(addr, "/metrics").await.expect("GET /metrics");
+    let dir = scratch_dir();
+    let mut router = Member::new(
+        "router",
+        env!("CARGO_BIN_EXE_gitcluster-router"),
+        dir.path(),
+    )
+    .arg("--listen=127.0.0.1:0")
+    .env("DATABASE_URL", &db.url)
+    .env("AMQP_URL", amqp_url())
+    .start()
+    .await;
+    let (code, _) = http_get(router.metrics_addr, "/metrics")
+        .await
+        .expect("GET /metrics");
     assert_eq!(code, 200);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(kill.expect("run kill").success());
-    let status = child.wait().expect("wait for router");
+    let status = router.terminate().await;
     assert_eq!(
         status.code(),
         Some(0),
         "clean exit after SIGTERM:\n{}",
-        log_text()
+        router.log()
     );
 }
 

@@ -3,14 +3,10 @@
 
 #![allow(dead_code, clippy::disallowed_methods)] // not every test uses every helper; tests block on children
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
-use gitcluster_integration_tests::{
-    Cluster, amqp_url, free_port, git, http_get, metric_sum, patience,
-};
+use gitcluster_integration_tests::{Cluster, Member, amqp_url, free_port, git, wait_router_on_bus};
 use gitcluster_proto::auth::BearerToken;
 use gitcluster_proto::v1::ref_service_client::RefServiceClient;
 use gitcluster_proto::v1::repository_service_client::RepositoryServiceClient;
@@ -18,14 +14,12 @@ use gitcluster_proto::v1::{CreateRepositoryRequest, Repository};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// A router child process; killed on drop, and its log checked for ERROR lines.
+/// A router [`Member`] in front of a harness cluster; killed on drop, and its log
+/// checked for ERROR lines not declared with [`expect_error`](Self::expect_error).
 pub struct TestRouter {
-    child: Option<Child>,
+    member: Member,
     /// gRPC address, `http://127.0.0.1:<port>`.
     pub address: String,
-    /// Admin address.
-    pub metrics_addr: SocketAddr,
-    log: PathBuf,
     expected_errors: Vec<String>,
     /// Token clients present.
     pub external_token: String,
@@ -56,87 +50,55 @@ impl Default for Options {
 
 impl TestRouter {
     /// Starts a router for `cluster` (which must have a database) and waits until it
-    /// serves.
+    /// serves and, unless `options` point it at another broker, holds a publisher on
+    /// the job bus.
     pub async fn start(cluster: &Cluster, options: Options) -> TestRouter {
         let port = free_port();
-        let metrics = free_port();
-        let log = cluster.dir().join(format!("router-{port}.log"));
-        let file = std::fs::File::create(&log).expect("create router log");
-        let child = Command::new(env!("CARGO_BIN_EXE_gitcluster-router"))
-            .args([
-                format!("--listen=127.0.0.1:{port}"),
-                format!("--metrics-listen=127.0.0.1:{metrics}"),
-                format!("--amqp-url={}", options.amqp_url),
-                format!("--bus-prefix={}", cluster.bus_prefix),
-                format!(
-                    "--name={}",
-                    options.name.as_deref().unwrap_or("test-router")
-                ),
-                "--health-interval-ms=200".to_owned(),
-            ])
-            .args(
-                options
-                    .serve_threads
-                    .map(|n| format!("--serve-threads={n}")),
-            )
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .env(
-                "DATABASE_URL",
-                options
-                    .database_url
-                    .as_deref()
-                    .unwrap_or(&cluster.db.as_ref().expect("database").url),
-            )
-            .env("GITCLUSTER_ROUTER_TOKEN", &cluster.external_token)
-            .env("GITCLUSTER_INTERNAL_TOKEN", &cluster.token)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone log"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn router");
-        let mut router = TestRouter {
-            child: Some(child),
-            address: format!("http://127.0.0.1:{port}"),
-            metrics_addr: ([127, 0, 0, 1], metrics).into(),
-            log,
-            expected_errors: Vec::new(),
-            external_token: cluster.external_token.clone(),
-        };
-        let deadline = tokio::time::Instant::now() + patience();
-        loop {
-            if let Ok((200, _)) = http_get(router.metrics_addr, "/healthz").await {
-                break;
-            }
-            if let Some(Ok(Some(status))) = router.child.as_mut().map(Child::try_wait) {
-                panic!("router exited with {status}:\n{}", router.log());
-            }
-            assert!(tokio::time::Instant::now() < deadline, "router not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let database_url = options
+            .database_url
+            .clone()
+            .unwrap_or_else(|| cluster.db.as_ref().expect("database").url.clone());
+        let member = Member::new(
+            format!("router-{port}"),
+            env!("CARGO_BIN_EXE_gitcluster-router"),
+            cluster.dir(),
+        )
+        .args([
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--amqp-url={}", options.amqp_url),
+            format!("--bus-prefix={}", cluster.bus_prefix),
+            format!(
+                "--name={}",
+                options.name.as_deref().unwrap_or("test-router")
+            ),
+            "--health-interval-ms=200".to_owned(),
+        ])
+        .args(
+            options
+                .serve_threads
+                .map(|n| format!("--serve-threads={n}")),
+        )
+        .env("DATABASE_URL", database_url)
+        .env("GITCLUSTER_ROUTER_TOKEN", &cluster.external_token)
+        .env("GITCLUSTER_INTERNAL_TOKEN", &cluster.token)
+        .start()
+        .await;
         // Jobs written before the publisher connects stay pending (the outbox relay is
         // the reconciler's): wait for the bus unless the test points it nowhere.
         if options.amqp_url == amqp_url() {
-            loop {
-                let m = router.metrics().await;
-                if metric_sum(&m, "gitcluster_router_bus_connected", &[]) == 1.0 {
-                    break;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "router never reached the bus"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_router_on_bus(&member).await;
         }
-        router
+        TestRouter {
+            member,
+            address: format!("http://127.0.0.1:{port}"),
+            expected_errors: Vec::new(),
+            external_token: cluster.external_token.clone(),
+        }
     }
 
     /// The router's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.member.log()
     }
 
     /// Declares ERROR log lines containing `needle` as expected.
@@ -182,63 +144,33 @@ impl TestRouter {
 
     /// Sends SIGTERM and waits (at most the harness's patience) for the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        self.sigterm();
-        self.exit_status().await
+        self.member.terminate().await
     }
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let pid = self.child.as_ref().expect("router running").id();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM failed");
+        self.member.sigterm();
     }
 
     /// Waits (at most the harness's patience) for the router to exit.
     pub async fn exit_status(&mut self) -> std::process::ExitStatus {
-        let deadline = tokio::time::Instant::now() + patience();
-        loop {
-            let exited = self.child.as_mut().map(Child::try_wait);
-            if let Some(status) = exited.and_then(|r| r.expect("wait for router")) {
-                return status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "router still running after SIGTERM:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.member.wait_exit().await
     }
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        http_get(self.metrics_addr, "/metrics")
-            .await
-            .expect("GET /metrics")
-            .1
+        self.member.metrics().await.expect("GET /metrics")
     }
 }
 
 impl Drop for TestRouter {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.member.kill();
         if std::thread::panicking() {
             eprintln!("router log:\n{}", self.log());
             return;
         }
-        let errors: Vec<String> = self
-            .log()
-            .lines()
-            .filter(|l| l.contains("\"level\":\"ERROR\""))
-            .filter(|l| !self.expected_errors.iter().any(|n| l.contains(n.as_str())))
-            .map(str::to_owned)
-            .collect();
+        let errors = self.member.unexpected_errors(&self.expected_errors);
         assert!(
             errors.is_empty(),
             "unexpected ERROR lines:\n{}",
@@ -275,37 +207,18 @@ pub async fn create(router: &TestRouter, path: &str) {
 
 /// A database connection.
 pub async fn db(cluster: &Cluster) -> tokio_postgres::Client {
-    cluster.db.as_ref().expect("database").client().await
+    cluster.db_client().await
 }
 
 /// `(repository_id, replica_path, primary, generation)` of `path`.
 pub async fn record(cluster: &Cluster, path: &str) -> Option<(i64, String, String, i64)> {
-    db(cluster)
-        .await
-        .query_opt(
-            "SELECT repository_id, replica_path, \"primary\", generation FROM repositories \
-             WHERE virtual_storage = 'default' AND relative_path = $1",
-            &[&path],
-        )
-        .await
-        .expect("query repository")
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    let r = cluster.repository_record(path).await?;
+    Some((r.id, r.replica_path, r.primary, r.generation))
 }
 
 /// Replica generations of repository `id`, by storage, sorted.
 pub async fn generations(cluster: &Cluster, id: i64) -> Vec<(String, i64)> {
-    db(cluster)
-        .await
-        .query(
-            "SELECT storage, generation FROM storage_repositories WHERE repository_id = $1 \
-             ORDER BY storage",
-            &[&id],
-        )
-        .await
-        .expect("query replicas")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    cluster.replica_generations(id).await
 }
 
 /// Directory of `replica_path` on storage node `i`.
