@@ -4,8 +4,7 @@
 #![allow(clippy::disallowed_methods)] // tests block their own thread on child processes
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -18,7 +17,7 @@ use gitcluster_common::bus::lapin::types::FieldTable;
 use gitcluster_common::bus::lapin::{BasicProperties, Channel, Connection};
 use gitcluster_common::bus::{self, Destination, Envelope, Publisher};
 use gitcluster_integration_tests::{
-    Cluster, TestDb, binary, eventually, free_port, git, http_get, metric_sum, patience,
+    Cluster, Member, TestDb, amqp_url, binary, eventually, git, http_get, metric_sum, scratch_dir,
 };
 use gitcluster_proto::jobs::{BusNames, Change, ERROR_HEADER, ReplicationJob};
 use gitcluster_proto::v1::{CalculateChecksumRequest, RepositoryExistsRequest};
@@ -27,15 +26,9 @@ const VS: &str = "default";
 const PATH: &str = "group/project.git";
 const REPO_ID: i64 = 42;
 
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// A replicator process on a private bus prefix.
+/// A replicator [`Member`] on a private bus prefix.
 struct Replicator {
-    child: Option<Child>,
-    log: PathBuf,
-    metrics: std::net::SocketAddr,
+    member: Member,
 }
 
 /// Retry tiers of the test replicators, in milliseconds.
@@ -67,7 +60,7 @@ impl Replicator {
         extra: &[&str],
     ) -> Replicator {
         let mut r = Replicator::spawn(db_url, prefix, token, dir, delays, extra);
-        r.wait_for("/healthz").await;
+        r.member.wait_ready().await;
         r
     }
 
@@ -80,60 +73,27 @@ impl Replicator {
         delays: &[u64],
         extra: &[&str],
     ) -> Replicator {
-        let port = free_port();
-        let log = dir.join(format!("replicator-{port}.log"));
-        let file = std::fs::File::create(&log).unwrap();
         let delays: Vec<String> = delays.iter().map(u64::to_string).collect();
-        let child = Command::new(binary("gitcluster-replicator"))
-            .arg(format!("--metrics-listen=127.0.0.1:{port}"))
+        // One log per replicator, even when a directory holds several.
+        let name = format!("replicator-{}", bus::new_job_id().simple());
+        let mut member = Member::new(name, binary("gitcluster-replicator"), dir)
             .arg(format!("--retry-delays-ms={}", delays.join(",")))
-            .args(extra)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args(extra.iter().copied())
             .env("DATABASE_URL", db_url)
             .env("AMQP_URL", amqp_url())
             .env("GITCLUSTER_BUS_PREFIX", prefix)
             .env("GITCLUSTER_INTERNAL_TOKEN", token)
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,gitcluster_replicator=debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("spawn replicator");
-        Replicator {
-            child: Some(child),
-            log,
-            metrics: ([127, 0, 0, 1], port).into(),
-        }
-    }
-
-    /// Waits until `path` on the admin port answers 200.
-    async fn wait_for(&mut self, path: &str) {
-        let r = self;
-        let deadline = Instant::now() + patience();
-        loop {
-            if let Ok(Some(status)) = r.child.as_mut().unwrap().try_wait() {
-                panic!("replicator exited during start-up: {status}\n{}", r.log());
-            }
-            if let Ok((200, _)) = http_get(r.metrics, path).await {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replicator not ready\n{}",
-                r.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .env("RUST_LOG", "info,gitcluster_replicator=debug");
+        member.spawn();
+        Replicator { member }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.member.log()
     }
 
     async fn jobs(&self, outcome: &str) -> f64 {
-        let (_, body) = http_get(self.metrics, "/metrics").await.unwrap();
+        let body = self.member.metrics().await.unwrap();
         metric_sum(
             &body,
             "gitcluster_replicator_jobs_total",
@@ -142,32 +102,23 @@ impl Replicator {
     }
 
     /// SIGTERM, then the exit code; also fails on ERROR lines not containing `expected`.
-    fn terminate(&mut self, expected: &[&str]) -> Option<i32> {
-        let mut child = self.child.take().expect("running");
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        let status = child.wait().unwrap();
-        let log = self.log();
-        eprintln!("replicator log:\n{log}");
-        let unexpected: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("\"level\":\"ERROR\""))
-            .filter(|l| !expected.iter().any(|e| l.contains(e)))
-            .collect();
-        assert!(unexpected.is_empty(), "unexpected ERROR lines:\n{log}");
+    async fn terminate(&mut self, expected: &[&str]) -> Option<i32> {
+        let status = self.member.terminate().await;
+        eprintln!("replicator log:\n{}", self.log());
+        let unexpected = self.member.unexpected_errors(expected);
+        assert!(
+            unexpected.is_empty(),
+            "unexpected ERROR lines:\n{}",
+            unexpected.join("\n")
+        );
         status.code()
     }
 }
 
 impl Drop for Replicator {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if self.member.pid().is_some() {
+            self.member.kill();
             eprintln!("replicator log:\n{}", self.log());
         }
     }
@@ -450,7 +401,7 @@ async fn update_job_mirrors_target_at_source_generation_and_a_duplicate_is_harml
     assert_eq!(generation(&db, "gitaly-2").await, Some(3));
     assert_eq!(job_row(&db, &job).await.0, "done");
 
-    assert_eq!(replicator.terminate(&[]), Some(0));
+    assert_eq!(replicator.terminate(&[]).await, Some(0));
     bus.delete().await;
 }
 
@@ -490,7 +441,7 @@ async fn target_ahead_of_source_is_skipped_never_lowered_and_poison_is_dead_lett
         .await
         .unwrap();
 
-    assert_eq!(replicator.terminate(&[]), Some(0));
+    assert_eq!(replicator.terminate(&[]).await, Some(0));
     bus.delete().await;
 }
 
@@ -565,7 +516,9 @@ async fn unreachable_target_retries_with_growing_delays_then_is_dead_lettered() 
     assert_eq!(replicator.jobs("dead").await, 1.0, "counted dead once");
 
     assert_eq!(
-        replicator.terminate(&["replication job dead after its last attempt"]),
+        replicator
+            .terminate(&["replication job dead after its last attempt"])
+            .await,
         Some(0)
     );
     bus.delete().await;
@@ -603,14 +556,16 @@ async fn one_unusable_queue_does_not_stop_the_other_storages() {
         &DELAYS,
         &[],
     );
-    replicator.wait_for("/metrics").await;
+    replicator.member.wait_for("/metrics").await;
 
     let job = insert_job(&db).await;
     assert_eq!(job.target_storage, "gitaly-2");
     bus.publish(&job).await;
     wait_done(&db, &job, "gitaly-2's job done").await;
     assert_eq!(generation(&db, "gitaly-2").await, Some(3));
-    let (code, _) = http_get(replicator.metrics, "/healthz").await.unwrap();
+    let (code, _) = http_get(replicator.member.metrics_addr, "/healthz")
+        .await
+        .unwrap();
     assert_eq!(
         code, 503,
         "not ready while a storage's queue cannot be consumed"
@@ -621,7 +576,7 @@ async fn one_unusable_queue_does_not_stop_the_other_storages() {
             .contains("cannot consume this storage's queue"),
         "the replicator names the storage it cannot serve"
     );
-    assert_eq!(replicator.terminate(&["Channel closed"]), Some(0));
+    assert_eq!(replicator.terminate(&["Channel closed"]).await, Some(0));
     bus.delete().await;
 }
 
@@ -664,11 +619,13 @@ async fn a_publisher_channel_closed_by_the_broker_is_rebuilt_and_retries_flow_ag
         "the replicator says why it rebuilt its session"
     );
     assert_eq!(
-        replicator.terminate(&[
-            "replication job dead after its last attempt",
-            // lapin's own report of the broker closing the channel.
-            "Channel closed",
-        ]),
+        replicator
+            .terminate(&[
+                "replication job dead after its last attempt",
+                // lapin's own report of the broker closing the channel.
+                "Channel closed",
+            ])
+            .await,
         Some(0)
     );
     bus.delete().await;
@@ -715,7 +672,9 @@ async fn a_connection_closed_by_the_broker_is_reopened_and_jobs_flow_again() {
 
     // lapin itself logs the forced close at ERROR; nothing else may.
     assert_eq!(
-        replicator.terminate(&["CONNECTION_FORCED - closed by a gitcluster test"]),
+        replicator
+            .terminate(&["CONNECTION_FORCED - closed by a gitcluster test"])
+            .await,
         Some(0)
     );
     bus.delete().await;
@@ -735,9 +694,9 @@ async fn sigterm_while_idle_exits_zero() {
         .await
         .unwrap();
     let bus = Bus::new(&DELAYS).await;
-    let dir = tempfile_dir();
+    let dir = scratch_dir();
     let mut replicator =
-        Replicator::start(&db.url, &bus.prefix(), "t", dir.as_path(), &DELAYS, &[]).await;
+        Replicator::start(&db.url, &bus.prefix(), "t", dir.path(), &DELAYS, &[]).await;
 
     // A storage added to the topology gets a consumer without a restart.
     client
@@ -766,19 +725,12 @@ async fn sigterm_while_idle_exits_zero() {
     });
 
     // A hang here is caught by nextest's slow-test timeout; no timed assertion.
-    assert_eq!(replicator.terminate(&[]), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(replicator.terminate(&[]).await, Some(0));
     bus.channel()
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
     bus.delete().await;
-}
-
-fn tempfile_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("replicator-{}", bus::new_job_id().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A database that ends idle transactions quickly (an operator's
@@ -801,6 +753,6 @@ async fn an_idle_transaction_timeout_on_the_database_does_not_cut_jobs_short() {
     wait_done(&db, &job, "job done").await;
     assert_eq!(generation(&db, "gitaly-2").await, Some(2));
     assert_eq!(checksum(&cluster, 0).await, checksum(&cluster, 1).await);
-    assert_eq!(replicator.terminate(&[]), Some(0));
+    assert_eq!(replicator.terminate(&[]).await, Some(0));
     bus.delete().await;
 }

@@ -3,10 +3,10 @@
 #![allow(clippy::disallowed_methods)] // tests block their own thread on the child process
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use gitcluster_integration_tests::{TestDb, free_port, http_get, patience};
+use gitcluster_integration_tests::{Member, TestDb, amqp_url, free_port, http_get, scratch_dir};
 
+/// The replicator on a database that refuses it, run to its exit.
 fn replicator(db_url: &str, metrics_port: u16) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitcluster-replicator"));
     cmd.arg("--metrics-listen")
@@ -39,38 +39,30 @@ async fn unmigrated_database_exits_78_with_one_line_naming_sql_migrate() {
 #[tokio::test]
 async fn migrated_database_serves_healthz_and_sigterm_exits_cleanly() {
     let db = TestDb::create(true).await;
-    let port = free_port();
     let prefix = format!("t{}", gitcluster_common::bus::new_job_id().simple());
-    let mut child = replicator(&db.url, port)
-        .env("GITCLUSTER_BUS_PREFIX", &prefix)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn replicator");
-    let addr = ([127, 0, 0, 1], port).into();
-    let deadline = tokio::time::Instant::now() + patience();
-    loop {
-        if let Ok((200, _)) = http_get(addr, "/healthz").await {
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("replicator exited during start-up: {status}");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "replicator not ready at {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (code, _) = http_get(addr, "/metrics").await.expect("GET /metrics");
+    let dir = scratch_dir();
+    let mut replicator = Member::new(
+        "replicator",
+        env!("CARGO_BIN_EXE_gitcluster-replicator"),
+        dir.path(),
+    )
+    .env("DATABASE_URL", &db.url)
+    .env("AMQP_URL", amqp_url())
+    .env("GITCLUSTER_BUS_PREFIX", &prefix)
+    .start()
+    .await;
+    let (code, _) = http_get(replicator.metrics_addr, "/metrics")
+        .await
+        .expect("GET /metrics");
     assert_eq!(code, 200);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(kill.expect("run kill").success());
-    let status = child.wait().expect("wait for replicator");
-    assert_eq!(status.code(), Some(0), "clean exit after SIGTERM");
+    let status = replicator.terminate().await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "clean exit after SIGTERM:\n{}",
+        replicator.log()
+    );
     delete_base_topology(&prefix).await;
 }
 
