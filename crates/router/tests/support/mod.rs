@@ -6,11 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use gitcluster_integration_tests::{Cluster, Member, amqp_url, free_port, git, wait_router_on_bus};
+use gitcluster_integration_tests::{
+    Cluster, Member, amqp_url, eventually, free_port, git, wait_router_on_bus,
+};
 use gitcluster_proto::auth::BearerToken;
 use gitcluster_proto::v1::ref_service_client::RefServiceClient;
 use gitcluster_proto::v1::repository_service_client::RepositoryServiceClient;
-use gitcluster_proto::v1::{CreateRepositoryRequest, Repository};
+use gitcluster_proto::v1::update_references_request::Update;
+use gitcluster_proto::v1::{
+    CreateRepositoryRequest, FindDefaultBranchRequest, Repository, UpdateReferencesRequest,
+};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -256,4 +261,104 @@ pub fn reads_on(metrics: &str, storage: &str) -> f64 {
         "gitcluster_router_read_distribution_total",
         &[("virtual_storage", "default"), ("storage", storage)],
     )
+}
+
+/// The storages of [`cluster`], in order.
+pub const STORAGES: [&str; 3] = ["gitaly-1", "gitaly-2", "gitaly-3"];
+
+/// A repository created through the router with a commit written into its primary.
+pub struct Seeded {
+    /// `repository_id`.
+    pub id: i64,
+    /// Its replica path.
+    pub replica_path: String,
+    /// Its primary storage.
+    pub primary: String,
+    /// Index of the primary in [`STORAGES`].
+    pub primary_index: usize,
+    /// The commit written (and, after [`create_with_main`], the one `main` points at).
+    pub oid: String,
+}
+
+/// Creates `path` through the router and writes a commit (no ref yet) straight into
+/// its primary's replica.
+pub async fn seeded(cluster: &Cluster, router: &TestRouter, path: &str) -> Seeded {
+    create(router, path).await;
+    let (id, replica_path, primary, _) = record(cluster, path).await.expect("record");
+    let primary_index = STORAGES
+        .iter()
+        .position(|s| *s == primary)
+        .expect("primary");
+    let oid = seed_commit(&replica_dir(cluster, primary_index, &replica_path));
+    Seeded {
+        id,
+        replica_path,
+        primary,
+        primary_index,
+        oid,
+    }
+}
+
+/// Creates `path`, writes a root commit into the primary's replica and points
+/// `refs/heads/main` at it with UpdateReferences through the router (one write: the
+/// primary goes to generation 1, the others stay at 0 until replicated).
+pub async fn create_with_main(cluster: &Cluster, router: &TestRouter, path: &str) -> Seeded {
+    let seeded = seeded(cluster, router, path).await;
+    let oid = seeded.oid.clone();
+    router
+        .ref_client()
+        .await
+        .update_references(UpdateReferencesRequest {
+            repository: Some(repo(path)),
+            updates: vec![Update {
+                reference: "refs/heads/main".into(),
+                old_oid: String::new(),
+                new_oid: oid.clone(),
+            }],
+        })
+        .await
+        .expect("update references through the router");
+    seeded
+}
+
+/// FindDefaultBranch of `path` through the router, with the primary-only routing
+/// header when `primary_only`: a read.
+pub async fn read(
+    router: &TestRouter,
+    path: &str,
+    primary_only: bool,
+) -> Result<String, tonic::Status> {
+    let mut request = tonic::Request::new(FindDefaultBranchRequest {
+        repository: Some(repo(path)),
+    });
+    if primary_only {
+        request.metadata_mut().insert(
+            "gitcluster-route-repository-accessor-policy",
+            "primary-only".parse().expect("ascii"),
+        );
+    }
+    router
+        .ref_client()
+        .await
+        .find_default_branch(request)
+        .await
+        .map(|r| r.into_inner().name)
+}
+
+/// Waits until 30 reads in a row of `path` avoid gitaly-2 (30 uniform reads over
+/// three replicas all miss one of them with probability (2/3)^30, about 5e-6).
+pub async fn reads_avoid_gitaly_2(router: &TestRouter, path: &str, what: &str) {
+    eventually!(what, {
+        let before = reads_on(&router.metrics().await, "gitaly-2");
+        for _ in 0..30 {
+            read(router, path, false).await?;
+        }
+        let after = reads_on(&router.metrics().await, "gitaly-2");
+        anyhow::ensure!(
+            after == before,
+            "gitaly-2 still served {} reads",
+            after - before
+        );
+        Ok(())
+    });
 }
