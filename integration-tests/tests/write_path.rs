@@ -493,7 +493,10 @@ async fn git_hears_of_success_only_once_the_write_is_recorded() {
             anyhow::ensure!(waiting_on_a_lock(&watcher).await > 0, "not waiting yet");
             Ok(())
         });
-        // The primary applied the push; git must not know yet.
+        // The primary applied the push; git must not know yet. That is an absence,
+        // which polling cannot show: a router answering before its record would have
+        // sent the report already, so give it a bounded time to travel through the
+        // gateway to git before looking (no later event exists to wait for instead).
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
             push.try_wait().unwrap().is_none(),

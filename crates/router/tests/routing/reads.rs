@@ -1,8 +1,6 @@
 //! Read routing: the fast and general paths agree, reads spread over up-to-date
 //! replicas only, primary-only reads, and reads across a killed or restarted node.
 
-use std::time::Duration;
-
 use gitcluster_integration_tests::{eventually, metric_sum};
 use gitcluster_proto::auth::BearerToken;
 use gitcluster_proto::v1::object_service_client::ObjectServiceClient;
@@ -10,8 +8,8 @@ use gitcluster_proto::v1::{FindCommitRequest, ListRefsRequest, SetDefaultBranchR
 use tonic::Code;
 
 use crate::support::{
-    Options, STORAGES, Seeded, TestRouter, cluster, create, create_with_main, db, read, reads_on,
-    record, repo,
+    Options, STORAGES, Seeded, TestRouter, cluster, create, create_with_main, db, read,
+    reads_avoid_gitaly_2, reads_on, record, repo,
 };
 
 /// Uncompressed unary and server-streaming reads take the router's fast path (raw
@@ -125,8 +123,9 @@ async fn reads_spread_over_up_to_date_replicas_and_never_reach_an_outdated_one()
         ))
         .await
         .expect("make gitaly-2 outdated");
-    // The NOTIFY reaches the router asynchronously; give it a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The NOTIFY reaches the router asynchronously: wait until reads avoid gitaly-2,
+    // then every later read must.
+    reads_avoid_gitaly_2(&router, "r.git", "the router heard gitaly-2 fell behind").await;
     let before = reads_on(&router.metrics().await, "gitaly-2");
     for _ in 0..40 {
         read(&router, "r.git", false).await.expect("read");
@@ -183,7 +182,21 @@ async fn reads_survive_a_killed_replica() {
     }
     // Writes need the primary; if it was the killed node the router says so.
     let (_, _, primary, _) = record(&cluster, "k.git").await.expect("record");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // A health round records its view in node_status after the router acts on it.
+    eventually!("the router's health round finds gitaly-2 down", {
+        let down: bool = db(&cluster)
+            .await
+            .query_one(
+                "SELECT last_seen_active_at IS DISTINCT FROM last_contact_attempt_at \
+                 FROM node_status WHERE observer = 'test-router' \
+                 AND virtual_storage = 'default' AND storage = 'gitaly-2'",
+                &[],
+            )
+            .await?
+            .get(0);
+        anyhow::ensure!(down, "gitaly-2 still answered the last probe");
+        Ok(())
+    });
     let write = router
         .ref_client()
         .await

@@ -2,8 +2,6 @@
 //! replica, a record retried until the database takes it (also across SIGTERM), and
 //! jobs with the job bus down or reconnected.
 
-use std::time::Duration;
-
 use gitcluster_integration_tests::bus::queue_depth;
 use gitcluster_integration_tests::{Cluster, eventually, metric_sum};
 use gitcluster_proto::jobs::BusNames;
@@ -245,7 +243,19 @@ async fn writes_succeed_with_the_bus_down_and_jobs_stay_pending() {
         .expect("write without a broker");
     let (id, _, _, generation) = record(&cluster, "nobus.git").await.expect("record");
     assert_eq!(generation, 1);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Polling cannot show that the jobs are never published; the router's publish
+    // task counts them `unavailable` once it has given up on them, and nothing else
+    // (no reconciler runs here) would publish them afterwards.
+    eventually!("the publish task finds no bus", {
+        let m = router.metrics().await;
+        let unavailable = metric_sum(
+            &m,
+            "gitcluster_router_replication_jobs_published_total",
+            &[("outcome", "unavailable")],
+        );
+        anyhow::ensure!(unavailable == 2.0, "{unavailable} jobs counted unavailable");
+        Ok(())
+    });
     let states: Vec<String> = db(&cluster)
         .await
         .query(
