@@ -1,5 +1,7 @@
 //! Where repositories live on disk, and the one function deciding whether a
-//! client-supplied relative path may be used.
+//! client-supplied relative path may be used (the string rules are
+//! `gitcluster_proto::relative_path`'s, shared with the router; this adds the
+//! symlink check only a node can make).
 //!
 //! A storage is a directory; a repository is a bare repository at
 //! `<root>/<relative_path>`. `<root>/+gitcluster/` is ours: `tmp/` for atomic
@@ -16,38 +18,22 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use gitcluster_proto::relative_path::{PathRuleError, check_storage_path};
 use gitcluster_proto::v1::Repository;
 use tonic::Status;
 
 use crate::config::StorageConfig;
 
-/// Name of the internal directory at the root of every storage.
-pub const INTERNAL_DIR: &str = "+gitcluster";
+pub use gitcluster_proto::relative_path::INTERNAL_DIR;
 
-/// Why a relative path was refused; every variant becomes `InvalidArgument`.
+/// Why a relative path was refused; every variant becomes `InvalidArgument` with
+/// the error's message as the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    /// The path is empty.
-    #[error("relative path is empty")]
-    Empty,
-    /// The path starts with `/`.
-    #[error("relative path must not be absolute")]
-    Absolute,
-    /// A `.` or `..` component.
-    #[error("relative path must not contain '.' or '..' components")]
-    DotComponent,
-    /// `a//b` or a trailing `/`.
-    #[error("relative path must not contain empty components")]
-    EmptyComponent,
-    /// NUL or another control character.
-    #[error("relative path must not contain control characters")]
-    ControlChar,
-    /// A backslash.
-    #[error("relative path must not contain backslashes")]
-    Backslash,
-    /// The path addresses the storage's internal directory.
-    #[error("relative path must not start with +gitcluster")]
-    Internal,
+    /// A string rule of [`check_storage_path`] (the one definition the router checks
+    /// too); the message is the rule's own.
+    #[error(transparent)]
+    Rule(#[from] PathRuleError),
     /// Following symlinks leads outside the storage root.
     #[error("relative path escapes the storage through a symlink")]
     Escapes,
@@ -57,33 +43,14 @@ pub enum PathError {
 /// `root` (which must be canonical): the string rules reject traversal, and the
 /// deepest existing ancestor of the joined path, canonicalized, must lie in `root`.
 pub fn validate_relative_path(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
-    if rel.is_empty() {
-        return Err(PathError::Empty);
-    }
-    if rel.starts_with('/') {
-        return Err(PathError::Absolute);
-    }
-    if rel.chars().any(char::is_control) {
-        return Err(PathError::ControlChar);
-    }
-    if rel.contains('\\') {
-        return Err(PathError::Backslash);
-    }
-    for (i, comp) in rel.split('/').enumerate() {
-        match comp {
-            "" => return Err(PathError::EmptyComponent),
-            "." | ".." => return Err(PathError::DotComponent),
-            c if i == 0 && c.starts_with(INTERNAL_DIR) => return Err(PathError::Internal),
-            _ => {}
-        }
-    }
+    check_storage_path(rel)?;
     let joined = root.join(rel);
     // Belt and braces: the string rules above already imply this.
     if !joined
         .components()
         .all(|c| matches!(c, Component::Normal(_) | Component::RootDir))
     {
-        return Err(PathError::DotComponent);
+        return Err(PathRuleError::DotComponent.into());
     }
     // The deepest entry that exists (a dangling symlink counts: it must not be
     // followed later by mkdir) must resolve inside the root.
@@ -399,25 +366,25 @@ mod tests {
     #[test]
     fn bad_paths_are_rejected_with_a_reason() {
         let (_d, root) = root();
-        let cases: &[(&str, PathError)] = &[
-            ("", PathError::Empty),
-            ("/etc/passwd", PathError::Absolute),
-            ("../x.git", PathError::DotComponent),
-            ("a/../../x", PathError::DotComponent),
-            ("./a", PathError::DotComponent),
-            ("a/.", PathError::DotComponent),
-            ("a//b", PathError::EmptyComponent),
-            ("a/", PathError::EmptyComponent),
-            ("a\0b", PathError::ControlChar),
-            ("a\nb", PathError::ControlChar),
-            ("a\\b", PathError::Backslash),
-            ("+gitcluster/tmp/x", PathError::Internal),
-            ("+gitclusterfoo", PathError::Internal),
+        let cases: &[(&str, PathRuleError)] = &[
+            ("", PathRuleError::Empty),
+            ("/etc/passwd", PathRuleError::Absolute),
+            ("../x.git", PathRuleError::DotComponent),
+            ("a/../../x", PathRuleError::DotComponent),
+            ("./a", PathRuleError::DotComponent),
+            ("a/.", PathRuleError::DotComponent),
+            ("a//b", PathRuleError::EmptyComponent),
+            ("a/", PathRuleError::EmptyComponent),
+            ("a\0b", PathRuleError::ControlChar),
+            ("a\nb", PathRuleError::ControlChar),
+            ("a\\b", PathRuleError::Backslash),
+            ("+gitcluster/tmp/x", PathRuleError::Internal),
+            ("+gitclusterfoo", PathRuleError::Internal),
         ];
         for (input, want) in cases {
             assert_eq!(
-                validate_relative_path(&root, input).as_ref(),
-                Err(want),
+                validate_relative_path(&root, input),
+                Err(PathError::Rule(want.clone())),
                 "input {input:?}"
             );
         }
@@ -426,6 +393,41 @@ mod tests {
             root.join("group/project.git")
         );
         assert!(validate_relative_path(&root, "a/+gitcluster").is_ok());
+    }
+
+    #[test]
+    fn a_refused_path_is_invalid_argument_with_the_rule_as_reason() {
+        let (dir, root) = root();
+        std::os::unix::fs::symlink(dir.path(), root.join("out")).expect("symlink");
+        let storages = Storages::open(&[StorageConfig {
+            name: "default".into(),
+            path: root,
+        }])
+        .expect("open");
+        for (rel, reason) in [
+            (
+                "../x.git",
+                "relative path must not contain '.' or '..' components",
+            ),
+            (
+                "+gitcluster/tmp/x",
+                "relative path must not start with +gitcluster",
+            ),
+            ("a\\b", "relative path must not contain backslashes"),
+            (
+                "out/x.git",
+                "relative path escapes the storage through a symlink",
+            ),
+        ] {
+            let status = storages
+                .locate(Some(&Repository {
+                    storage_name: "default".into(),
+                    relative_path: rel.into(),
+                }))
+                .expect_err(rel);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{rel:?}");
+            assert_eq!(status.message(), reason, "{rel:?}");
+        }
     }
 
     #[test]
