@@ -5,13 +5,9 @@
 
 mod common;
 
-use common::{TestNode, ZERO_OID, commit, git, start};
+use common::{TestNode, ZERO_OID, assert_pushed_main, client_push, commit, read_report, start};
 use gitcluster_proto::v1;
 use tonic::Code;
-
-fn pkt(payload: &str) -> Vec<u8> {
-    format!("{:04x}{payload}", payload.len() + 4).into_bytes()
-}
 
 async fn remove_if_empty(node: &TestNode, rel: &str) -> Result<(), tonic::Status> {
     node.repos()
@@ -58,29 +54,7 @@ async fn a_push_held_open_mid_body_keeps_its_repository() {
     let node = start("default", None, false).await;
     node.create("p.git").await;
     let scratch = tempfile::tempdir().expect("tempdir");
-    git(scratch.path(), &["init", "--bare", "--quiet"], b"").await;
-    let c = commit(scratch.path(), "pushed", &[]).await;
-    let pack = {
-        use tokio::io::AsyncWriteExt as _;
-        let mut child = tokio::process::Command::new("git")
-            .arg("--git-dir")
-            .arg(scratch.path())
-            .args(["pack-objects", "--stdout", "--revs", "-q"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("pack-objects");
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(format!("{c}\n").as_bytes())
-            .await
-            .expect("write");
-        drop(stdin);
-        child.wait_with_output().await.expect("pack").stdout
-    };
-    let mut body = pkt(&format!("{ZERO_OID} {c} refs/heads/main\0report-status\n"));
-    body.extend_from_slice(b"0000");
-    body.extend_from_slice(&pack);
+    let (c, body) = client_push(scratch.path(), "pushed").await;
     let (head, rest) = body.split_at(body.len() / 2);
 
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -93,7 +67,7 @@ async fn a_push_held_open_mid_body_keeps_its_repository() {
     .expect("queue first message");
     // The response headers arrive once the node has taken the first message: the
     // push is in flight from then on.
-    let mut response = node
+    let response = node
         .smarthttp()
         .await
         .post_receive_pack(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -115,15 +89,7 @@ async fn a_push_held_open_mid_body_keeps_its_repository() {
     .await
     .expect("send the rest");
     drop(tx);
-    let mut report = Vec::new();
-    while let Some(m) = response.message().await.expect("push completes") {
-        report.extend_from_slice(&m.data);
-    }
-    let report = String::from_utf8_lossy(&report);
-    assert!(report.contains("ok refs/heads/main"), "{report}");
-    assert_eq!(
-        git(&node.path("p.git"), &["rev-parse", "refs/heads/main"], b"").await,
-        c
-    );
+    let report = read_report(response).await.expect("push completes").report;
+    assert_pushed_main(&node, "p.git", &report, &c).await;
     node.stop().await;
 }

@@ -7,126 +7,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ZERO_OID, commit, git};
+use common::{TestNode, assert_pushed_main, client_push, git, start_with};
 use gitcluster_proto::v1;
 use gitcluster_proto::v1::smart_http_service_client::SmartHttpServiceClient;
-use gitcluster_storage::config::{Config, StorageConfig};
-use gitcluster_storage::{Listeners, serve};
+use gitcluster_storage::config::Config;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Channel;
 
-/// A node started with a test's own limits (no token).
-struct Node {
-    url: String,
-    root: std::path::PathBuf,
-    shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    async fn start(configure: impl FnOnce(&mut Config)) -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("default");
-        let mut config = Config::with_storages(vec![StorageConfig {
-            name: "default".into(),
-            path: root.clone(),
-        }]);
-        config.ssh_helper = env!("CARGO_BIN_EXE_gitcluster-storage").into();
-        configure(&mut config);
-        let listeners = Listeners::bind(&config).await.expect("bind");
-        let url = format!("http://{}", listeners.grpc_addr().expect("addr"));
-        let shutdown = CancellationToken::new();
-        tokio::spawn(serve(config, listeners, shutdown.clone()));
-        let node = Node {
-            url,
-            root,
-            shutdown,
-            _dir: dir,
-        };
-        for _ in 0..100 {
-            if Channel::from_shared(node.url.clone())
-                .expect("url")
-                .connect()
-                .await
-                .is_ok()
-            {
-                return node;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("node at {} did not come up", node.url);
-    }
-
-    fn repo(&self, rel: &str) -> v1::Repository {
-        v1::Repository {
-            storage_name: "default".into(),
-            relative_path: rel.into(),
-        }
-    }
-
-    fn path(&self, rel: &str) -> std::path::PathBuf {
-        self.root
-            .canonicalize()
-            .unwrap_or_else(|_| self.root.clone())
-            .join(rel)
-    }
-
-    async fn smarthttp(&self) -> SmartHttpServiceClient<Channel> {
-        SmartHttpServiceClient::connect(self.url.clone())
-            .await
-            .expect("connect")
-    }
-
-    async fn create(&self, rel: &str) {
-        v1::repository_service_client::RepositoryServiceClient::connect(self.url.clone())
-            .await
-            .expect("connect")
-            .create_repository(v1::CreateRepositoryRequest {
-                repository: Some(self.repo(rel)),
-                ..Default::default()
-            })
-            .await
-            .expect("create repository");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-fn pkt(payload: &str) -> Vec<u8> {
-    format!("{:04x}{payload}", payload.len() + 4).into_bytes()
-}
-
-/// The body of a push creating `refs/heads/main` at a fresh commit.
-async fn push_body(scratch: &std::path::Path) -> (String, Vec<u8>) {
-    use tokio::io::AsyncWriteExt as _;
-    git(scratch, &["init", "--bare", "--quiet"], b"").await;
-    let c = commit(scratch, "pushed", &[]).await;
-    let mut child = tokio::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(scratch)
-        .args(["pack-objects", "--stdout", "--revs", "-q"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("pack-objects");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(format!("{c}\n").as_bytes())
-        .await
-        .expect("write");
-    drop(stdin);
-    let pack = child.wait_with_output().await.expect("pack").stdout;
-    let mut body = pkt(&format!("{ZERO_OID} {c} refs/heads/main\0report-status\n"));
-    body.extend_from_slice(b"0000");
-    body.extend_from_slice(&pack);
-    (c, body)
+/// A node (storage `default`, no token) started with a test's own limits.
+async fn start(configure: impl FnOnce(&mut Config)) -> TestNode {
+    start_with("default", None, false, configure).await
 }
 
 /// Opens `n` PostReceivePack calls on `rel` whose first message names the
@@ -135,7 +26,7 @@ async fn push_body(scratch: &std::path::Path) -> (String, Vec<u8>) {
 /// git is running). A unit arrives on `opened` when a call's response headers came (the
 /// node took its first message); each call's outcome (its end, or an error) arrives
 /// on `ended`.
-fn open_idle_pushes(node: &Node, rel: &str, n: usize, data: &[u8]) -> IdleCalls {
+fn open_idle_pushes(node: &TestNode, rel: &str, n: usize, data: &[u8]) -> IdleCalls {
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (opened_tx, opened_rx) = mpsc::unbounded_channel();
     let mut senders = Vec::new();
@@ -194,27 +85,13 @@ impl IdleCalls {
     }
 }
 
-async fn push(node: &Node, rel: &str, body: Vec<u8>) -> Result<String, tonic::Status> {
-    let mut response = node
-        .smarthttp()
-        .await
-        .post_receive_pack(tokio_stream::iter(vec![v1::PostReceivePackRequest {
-            repository: Some(node.repo(rel)),
-            data: body,
-            git_protocol: String::new(),
-        }]))
-        .await?
-        .into_inner();
-    let mut report = Vec::new();
-    while let Some(m) = response.message().await? {
-        report.extend_from_slice(&m.data);
-    }
-    Ok(String::from_utf8_lossy(&report).into_owned())
+async fn push(node: &TestNode, rel: &str, body: Vec<u8>) -> Result<String, tonic::Status> {
+    Ok(common::receive_pack(node, rel, body).await?.report)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_idle_pushes_do_not_block_a_push_to_another_repository() {
-    let node = Node::start(|_| {}).await;
+    let node = start(|_| {}).await;
     node.create("idle.git").await;
     node.create("other.git").await;
     let mut idle = open_idle_pushes(&node, "idle.git", 100, b"");
@@ -223,22 +100,13 @@ async fn a_hundred_idle_pushes_do_not_block_a_push_to_another_repository() {
     idle.wait_opened(&mut opened, 64).await;
 
     let scratch = tempfile::tempdir().expect("tempdir");
-    let (c, body) = push_body(scratch.path()).await;
+    let (c, body) = client_push(scratch.path(), "pushed").await;
     // Generous: the push takes milliseconds; without the fix it never completes.
     let report = tokio::time::timeout(Duration::from_secs(60), push(&node, "other.git", body))
         .await
         .expect("a push to another repository completes while 100 idle pushes are open")
         .expect("push succeeds");
-    assert!(report.contains("ok refs/heads/main"), "{report}");
-    assert_eq!(
-        git(
-            &node.path("other.git"),
-            &["rev-parse", "refs/heads/main"],
-            b""
-        )
-        .await,
-        c
-    );
+    assert_pushed_main(&node, "other.git", &report, &c).await;
     idle.wait_opened(&mut opened, 100).await;
     // The idle calls are still open: the push did not merely outlast them.
     assert!(idle.ended.try_recv().is_err(), "an idle call ended early");
@@ -246,10 +114,10 @@ async fn a_hundred_idle_pushes_do_not_block_a_push_to_another_repository() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_calls_are_ended_after_the_stream_idle_timeout() {
-    let node = Node::start(|c| c.limits.stream_idle_timeout = Duration::from_secs(1)).await;
+    let node = start(|c| c.limits.stream_idle_timeout = Duration::from_secs(1)).await;
     node.create("idle.git").await;
     let scratch = tempfile::tempdir().expect("tempdir");
-    let (_, body) = push_body(scratch.path()).await;
+    let (_, body) = client_push(scratch.path(), "pushed").await;
     // Ten that never send a body byte, two stalled mid-body (git running).
     let mut silent = open_idle_pushes(&node, "idle.git", 10, b"");
     let mut stalled = open_idle_pushes(&node, "idle.git", 2, &body[..body.len() / 2]);
@@ -270,20 +138,14 @@ async fn idle_calls_are_ended_after_the_stream_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_waiting_too_long_for_a_slot_is_refused() {
-    let node = Node::start(|c| {
+    let node = start(|c| {
         c.max_git_processes = 2;
         c.limits.per_repository = 2;
         c.limits.slot_wait = Duration::from_secs(1);
     })
     .await;
-    node.create("busy.git").await;
-    node.create("other.git").await;
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let (_, body) = push_body(scratch.path()).await;
     // Two pushes stalled mid-body hold both slots.
-    let mut stalled = open_idle_pushes(&node, "busy.git", 2, &body[..body.len() / 2]);
-    let mut opened = 0;
-    stalled.wait_opened(&mut opened, 2).await;
+    let (_, body, _stalled) = stall_two_pushes(&node, "busy.git").await;
     // A push to another repository waits for a slot at most 1 s, then is refused.
     let refused = eventually_refused(&node, "other.git", &body).await;
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
@@ -293,42 +155,42 @@ async fn a_request_waiting_too_long_for_a_slot_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_repository_cannot_take_every_slot() {
-    let node = Node::start(|c| {
+    let node = start(|c| {
         c.max_git_processes = 4;
         c.limits.slot_wait = Duration::from_secs(1);
     })
     .await;
-    node.create("hot.git").await;
-    node.create("other.git").await;
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let (c, body) = push_body(scratch.path()).await;
     // The per-repository limit defaults to half the slots: two stalled pushes reach it.
-    let mut stalled = open_idle_pushes(&node, "hot.git", 2, &body[..body.len() / 2]);
-    let mut opened = 0;
-    stalled.wait_opened(&mut opened, 2).await;
+    let (c, body, _stalled) = stall_two_pushes(&node, "hot.git").await;
     let refused = eventually_refused(&node, "hot.git", &body).await;
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("per-repository"), "{refused:?}");
     let report = push(&node, "other.git", body.clone())
         .await
         .expect("another repository still gets a slot");
-    assert!(report.contains("ok refs/heads/main"), "{report}");
-    assert_eq!(
-        git(
-            &node.path("other.git"),
-            &["rev-parse", "refs/heads/main"],
-            b""
-        )
-        .await,
-        c
-    );
+    assert_pushed_main(&node, "other.git", &report, &c).await;
+}
+
+/// Creates `busy` and `other.git`, then holds two pushes to `busy` stalled mid-body
+/// (taken by the node, so their git runs once it has read their bytes). Returns the
+/// commit and body of a push creating `main`, and the stalled calls, which stay open
+/// while they live.
+async fn stall_two_pushes(node: &TestNode, busy: &str) -> (String, Vec<u8>, IdleCalls) {
+    node.create(busy).await;
+    node.create("other.git").await;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (c, body) = client_push(scratch.path(), "pushed").await;
+    let mut stalled = open_idle_pushes(node, busy, 2, &body[..body.len() / 2]);
+    let mut opened = 0;
+    stalled.wait_opened(&mut opened, 2).await;
+    (c, body, stalled)
 }
 
 /// Pushes `body` to `rel` until the node refuses it: the stalled pushes' git
 /// processes start once the node has read their body bytes, shortly after their
 /// headers came back. Each attempt that got through made `main`, so later ones are
 /// rejected by git (`ng`) rather than refused; either way they are retried.
-async fn eventually_refused(node: &Node, rel: &str, body: &[u8]) -> tonic::Status {
+async fn eventually_refused(node: &TestNode, rel: &str, body: &[u8]) -> tonic::Status {
     for _ in 0..50 {
         if let Err(status) = push(node, rel, body.to_vec()).await {
             return status;

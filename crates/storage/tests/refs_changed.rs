@@ -5,73 +5,35 @@
 
 mod common;
 
-use common::{TestNode, ZERO_OID, commit, git, start};
+use common::{TestNode, ZERO_OID, commit, git, init_bare, push_body, start};
 use gitcluster_proto::REFS_CHANGED_TRAILER;
 use gitcluster_proto::v1;
+use tonic::metadata::MetadataMap;
 
-fn pkt(payload: &str) -> Vec<u8> {
-    format!("{:04x}{payload}", payload.len() + 4).into_bytes()
-}
-
-/// A pack of `commit` and everything it reaches, built in the client repository `dir`.
-async fn pack_of(dir: &std::path::Path, commit: &str) -> Vec<u8> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut child = tokio::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(dir)
-        .args(["pack-objects", "--stdout", "--revs", "-q"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("pack-objects");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(format!("{commit}\n").as_bytes())
-        .await
-        .expect("write");
-    drop(stdin);
-    child.wait_with_output().await.expect("pack").stdout
+/// The refs-changed value in `metadata` (headers or trailers), if any.
+fn refs_changed(metadata: &MetadataMap) -> Option<String> {
+    metadata
+        .get(REFS_CHANGED_TRAILER)
+        .map(|v| v.to_str().expect("ascii").to_owned())
 }
 
 /// Sends `body` as one PostReceivePack; returns git's report and the trailer value
 /// (None when the node sent none), after checking the stream ended OK.
 async fn receive_pack(node: &TestNode, rel: &str, body: Vec<u8>) -> (String, Option<String>) {
-    let mut response = node
-        .smarthttp()
+    let pushed = common::receive_pack(node, rel, body)
         .await
-        .post_receive_pack(tokio_stream::iter(vec![v1::PostReceivePackRequest {
-            repository: Some(node.repo(rel)),
-            data: body,
-            git_protocol: String::new(),
-        }]))
-        .await
-        .expect("post receive-pack")
-        .into_inner();
-    let mut report = Vec::new();
-    while let Some(m) = response.message().await.expect("stream ends ok") {
-        report.extend_from_slice(&m.data);
-    }
-    let trailers = response
-        .trailers()
-        .await
-        .expect("trailers")
-        .expect("trailers present");
-    let changed = trailers
-        .get(REFS_CHANGED_TRAILER)
-        .map(|v| v.to_str().expect("ascii").to_owned());
-    (String::from_utf8_lossy(&report).into_owned(), changed)
+        .expect("post receive-pack, stream ends ok");
+    let trailers = pushed.trailers.expect("trailers present");
+    (pushed.report, refs_changed(&trailers))
 }
 
 fn header<T>(response: &tonic::Response<T>) -> Option<String> {
-    response
-        .metadata()
-        .get(REFS_CHANGED_TRAILER)
-        .map(|v| v.to_str().expect("ascii").to_owned())
+    refs_changed(response.metadata())
 }
 
 /// A client repository with commits `first` and `second` (child of first).
 async fn client_repo(dir: &std::path::Path) -> (String, String) {
-    git(dir, &["init", "--bare", "--quiet"], b"").await;
+    init_bare(dir).await;
     let first = commit(dir, "first", &[]).await;
     let second = commit(dir, "second", &[&first]).await;
     (first, second)
@@ -88,21 +50,13 @@ async fn probe_post_and_all_rejected_push_report_no_change_a_real_push_does() {
     let (_, probe) = receive_pack(&node, "r.git", b"0000".to_vec()).await;
     assert_eq!(probe.as_deref(), Some("0"), "probe POST");
 
-    let mut body = pkt(&format!(
-        "{ZERO_OID} {first} refs/heads/main\0report-status\n"
-    ));
-    body.extend_from_slice(b"0000");
-    body.extend_from_slice(&pack_of(scratch.path(), &first).await);
+    let body = push_body(scratch.path(), ZERO_OID, &first, "refs/heads/main").await;
     let (report, real) = receive_pack(&node, "r.git", body).await;
     assert!(report.contains("ok refs/heads/main"), "{report}");
     assert_eq!(real.as_deref(), Some("1"), "real push");
 
     // Creating a branch that exists is refused by receive-pack: nothing changes.
-    let mut body = pkt(&format!(
-        "{ZERO_OID} {second} refs/heads/main\0report-status\n"
-    ));
-    body.extend_from_slice(b"0000");
-    body.extend_from_slice(&pack_of(scratch.path(), &second).await);
+    let body = push_body(scratch.path(), ZERO_OID, &second, "refs/heads/main").await;
     let (report, rejected) = receive_pack(&node, "r.git", body).await;
     assert!(report.contains("ng refs/heads/main"), "{report}");
     assert_eq!(rejected.as_deref(), Some("0"), "all-rejected push");

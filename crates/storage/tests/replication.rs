@@ -6,24 +6,11 @@ mod common;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
-use common::{TestNode, ZERO_OID, commit, git, start, update_ref};
+use common::{TestNode, ZERO_OID, commit, git, replicate, start, update_ref};
 use gitcluster_proto::v1;
 use tonic::Code;
 
 const TOKEN: &str = "internal-token";
-
-async fn replicate(target: &TestNode, source: &TestNode, rel: &str) -> Result<(), tonic::Status> {
-    target
-        .repos()
-        .await
-        .replicate_repository(v1::ReplicateRepositoryRequest {
-            repository: Some(target.repo(rel)),
-            source: Some(source.repo(rel)),
-            source_address: source.url.clone(),
-        })
-        .await
-        .map(|_| ())
-}
 
 /// Regular files under `dir/custom_hooks` with content and mode.
 fn hooks(dir: &Path) -> Vec<(String, Vec<u8>, u32)> {
@@ -208,14 +195,7 @@ async fn replicating_an_empty_repository_and_refusals() {
     assert_eq!(missing.code(), Code::FailedPrecondition);
     assert!(!target.path("missing.git").exists());
 
-    let same = source
-        .repos()
-        .await
-        .replicate_repository(v1::ReplicateRepositoryRequest {
-            repository: Some(source.repo("empty.git")),
-            source: Some(source.repo("empty.git")),
-            source_address: source.url.clone(),
-        })
+    let same = replicate(&source, &source, "empty.git")
         .await
         .expect_err("onto itself");
     assert_eq!(same.code(), Code::InvalidArgument);

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use common::{TestNode, ZERO_OID, commit, git, start, start_with, update_ref};
+use common::{
+    TestNode, ZERO_OID, commit, git, init_bare, push_body, replicate, start, start_with, update_ref,
+};
 use gitcluster_proto::v1;
 
 const TOKEN: &str = "internal-token";
@@ -179,54 +181,18 @@ const HOOKS: &[&str] = &[
     "pre-auto-gc",
 ];
 
-/// A pack of `commit` and everything it reaches, built in the client repository `dir`.
-async fn pack_of(dir: &Path, commit: &str) -> Vec<u8> {
-    git(dir, &["rev-parse", commit], b"").await;
-    let mut child = tokio::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(dir)
-        .args(["pack-objects", "--stdout", "--revs", "-q"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("pack-objects");
-    {
-        use tokio::io::AsyncWriteExt as _;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(format!("{commit}\n").as_bytes())
-            .await
-            .expect("write");
-    }
-    child.wait_with_output().await.expect("pack").stdout
-}
-
-fn pkt(payload: &str) -> Vec<u8> {
-    format!("{:04x}{payload}", payload.len() + 4).into_bytes()
-}
-
-/// Pushes `commit` (from the client repository `client`) to `reference` of `rel`
-/// through the node's PostReceivePack; returns git's report.
-async fn push(node: &TestNode, rel: &str, client: &Path, commit: &str, reference: &str) -> String {
-    let mut body = pkt(&format!("{ZERO_OID} {commit} {reference}\0report-status\n"));
-    body.extend_from_slice(b"0000");
-    body.extend_from_slice(&pack_of(client, commit).await);
-    let mut response = node
-        .smarthttp()
+/// Pushes a fresh commit from a new client repository at `client` to
+/// `refs/heads/pushed` of `rel` through the node's PostReceivePack, and asserts that
+/// git reported the update ok.
+async fn push_new_branch(node: &TestNode, rel: &str, client: &Path) {
+    init_bare(client).await;
+    let pushed = commit(client, "pushed", &[]).await;
+    let body = push_body(client, ZERO_OID, &pushed, "refs/heads/pushed").await;
+    let report = common::receive_pack(node, rel, body)
         .await
-        .post_receive_pack(tokio_stream::iter(vec![v1::PostReceivePackRequest {
-            repository: Some(node.repo(rel)),
-            data: body,
-            git_protocol: String::new(),
-        }]))
-        .await
-        .expect("post receive-pack")
-        .into_inner();
-    let mut report = Vec::new();
-    while let Some(m) = response.message().await.expect("push stream ends ok") {
-        report.extend_from_slice(&m.data);
-    }
-    String::from_utf8_lossy(&report).into_owned()
+        .expect("post receive-pack, push stream ends ok")
+        .report;
+    assert!(report.contains("ok refs/heads/pushed"), "{report}");
 }
 
 /// Reads the whole upload-pack advertisement of `rel`.
@@ -311,16 +277,7 @@ async fn replication_source_cannot_plant_hooks_or_dangerous_config() {
     git(&dir, &["config", "gitlab.fullpath", "group/evil"], b"").await;
     git(&dir, &["config", "gitcluster.marker", "from-source"], b"").await;
 
-    target
-        .repos()
-        .await
-        .replicate_repository(v1::ReplicateRepositoryRequest {
-            repository: Some(target.repo(rel)),
-            source: Some(source.repo(rel)),
-            source_address: source.url.clone(),
-        })
-        .await
-        .expect("replicate");
+    replicate(&target, &source, rel).await.expect("replicate");
     let copy = target.path(rel);
     assert_eq!(git(&copy, &["rev-parse", "refs/heads/main"], b"").await, c1);
 
@@ -330,11 +287,7 @@ async fn replication_source_cannot_plant_hooks_or_dangerous_config() {
     update_ref(&target, rel, "refs/heads/updated", "", &c2)
         .await
         .expect("update ref on target");
-    let client = scratch.path().join("client.git");
-    git(&client, &["init", "--bare", "--quiet"], b"").await;
-    let pushed = commit(&client, "pushed", &[]).await;
-    let report = push(&target, rel, &client, &pushed, "refs/heads/pushed").await;
-    assert!(report.contains("ok refs/heads/pushed"), "{report}");
+    push_new_branch(&target, rel, &scratch.path().join("client.git")).await;
     assert!(
         fetch_advertisement(&target, rel)
             .await
@@ -390,11 +343,7 @@ async fn hooks_inside_a_repository_never_run() {
     update_ref(&node, rel, "refs/heads/main", "", &c1)
         .await
         .expect("update ref");
-    let client = scratch.path().join("client.git");
-    git(&client, &["init", "--bare", "--quiet"], b"").await;
-    let pushed = commit(&client, "pushed", &[]).await;
-    let report = push(&node, rel, &client, &pushed, "refs/heads/pushed").await;
-    assert!(report.contains("ok refs/heads/pushed"), "{report}");
+    push_new_branch(&node, rel, &scratch.path().join("client.git")).await;
     assert!(
         !marker.exists(),
         "a hook in the repository ran: {}",

@@ -5,40 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ZERO_OID, commit, git, start};
+use common::{assert_pushed_main, client_push, git, pkt, start};
 use gitcluster_proto::v1;
 use tokio_stream::StreamExt as _;
-
-fn pkt(payload: &str) -> Vec<u8> {
-    format!("{:04x}{payload}", payload.len() + 4).into_bytes()
-}
-
-/// A client-side repository with one commit, and the push body creating `main` at it.
-async fn push_body(scratch: &std::path::Path, content: &str) -> (String, Vec<u8>) {
-    git(scratch, &["init", "--bare", "--quiet"], b"").await;
-    let c = commit(scratch, content, &[]).await;
-    let mut child = tokio::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(scratch)
-        .args(["pack-objects", "--stdout", "--revs", "-q"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("pack-objects");
-    {
-        use tokio::io::AsyncWriteExt as _;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(format!("{c}\n").as_bytes())
-            .await
-            .expect("write");
-    }
-    let pack = child.wait_with_output().await.expect("pack").stdout;
-    let mut body = pkt(&format!("{ZERO_OID} {c} refs/heads/main\0report-status\n"));
-    body.extend_from_slice(b"0000");
-    body.extend_from_slice(&pack);
-    (c, body)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_then_fetch_through_stateless_rpc() {
@@ -49,7 +18,7 @@ async fn push_then_fetch_through_stateless_rpc() {
     let content: String = (0..200_000u32)
         .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
         .collect();
-    let (c, body) = push_body(scratch.path(), &content).await;
+    let (c, body) = client_push(scratch.path(), &content).await;
 
     let repo = node.repo("p.git");
     let messages: Vec<v1::PostReceivePackRequest> = body
@@ -61,24 +30,12 @@ async fn push_then_fetch_through_stateless_rpc() {
             git_protocol: String::new(),
         })
         .collect();
-    let mut response = node
-        .smarthttp()
-        .await
-        .post_receive_pack(tokio_stream::iter(messages))
+    let report = common::receive_pack_on(&mut node.smarthttp().await, messages)
         .await
         .expect("push")
-        .into_inner();
-    let mut report = Vec::new();
-    while let Some(m) = response.message().await.expect("message") {
-        report.extend_from_slice(&m.data);
-    }
-    let report = String::from_utf8_lossy(&report);
+        .report;
     assert!(report.contains("unpack ok"), "{report}");
-    assert!(report.contains("ok refs/heads/main"), "{report}");
-    assert_eq!(
-        git(&node.path("p.git"), &["rev-parse", "refs/heads/main"], b"").await,
-        c
-    );
+    assert_pushed_main(&node, "p.git", &report, &c).await;
 
     // Fetch it back (protocol v0): want, done; the answer is NAK and a pack.
     let mut req = pkt(&format!("want {c} ofs-delta\n"));
@@ -116,7 +73,7 @@ async fn interrupted_push_leaves_no_refs_or_objects() {
     let content: String = (0..300_000u32)
         .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
         .collect();
-    let (c, body) = push_body(scratch.path(), &content).await;
+    let (c, body) = client_push(scratch.path(), &content).await;
     let half = body[..body.len() / 2].to_vec();
     let repo = node.repo("i.git");
     // The client reaches the node through a TCP proxy; cutting the proxy is the

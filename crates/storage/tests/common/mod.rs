@@ -1,4 +1,5 @@
-//! In-process storage nodes on `127.0.0.1:0` with temp storages, and git helpers.
+//! In-process storage nodes on `127.0.0.1:0` with temp storages, git helpers, and
+//! the client side of a push (pkt-lines, packs, PostReceivePack) and of a replication.
 #![allow(dead_code, missing_docs)]
 
 use std::net::SocketAddr;
@@ -14,6 +15,9 @@ use gitcluster_proto::v1::{self, Repository};
 use gitcluster_storage::config::{Config, StorageConfig};
 use gitcluster_storage::{Listeners, serve};
 use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic::Streaming;
+use tonic::metadata::MetadataMap;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -259,4 +263,131 @@ pub async fn admin_get(node: &TestNode, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
     out
+}
+
+/// Replicates `rel` from `source` onto `target` (same relative path on both, the
+/// source reached at its own URL); the call's status on failure.
+pub async fn replicate(target: &TestNode, source: &TestNode, rel: &str) -> Result<(), Status> {
+    target
+        .repos()
+        .await
+        .replicate_repository(v1::ReplicateRepositoryRequest {
+            repository: Some(target.repo(rel)),
+            source: Some(source.repo(rel)),
+            source_address: source.url.clone(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// One pkt-line: four hex digits giving the length (payload plus 4), then `payload`.
+pub fn pkt(payload: &str) -> Vec<u8> {
+    format!("{:04x}{payload}", payload.len() + 4).into_bytes()
+}
+
+/// Makes `dir` an empty bare repository: a client's, outside any storage.
+pub async fn init_bare(dir: &Path) {
+    git(dir, &["init", "--bare", "--quiet"], b"").await;
+}
+
+/// The pack `git pack-objects --revs` builds in the repository `dir` for `revs` (one
+/// revision a line, `^rev` to leave out what `rev` reaches); panics if git fails.
+pub async fn pack(dir: &Path, revs: &str) -> Vec<u8> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(dir)
+        .args(["pack-objects", "--stdout", "--revs", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("pack-objects");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(revs.as_bytes()).await.expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("pack");
+    assert!(out.status.success(), "pack-objects failed for {revs:?}");
+    out.stdout
+}
+
+/// The receive-pack request body moving `reference` from `old` to `new` (with
+/// report-status): the command, a flush, and a pack from the client repository
+/// `client` of `new` and everything it reaches, less what `old` reaches unless
+/// `old` is [`ZERO_OID`].
+pub async fn push_body(client: &Path, old: &str, new: &str, reference: &str) -> Vec<u8> {
+    let revs = if old == ZERO_OID {
+        format!("{new}\n")
+    } else {
+        format!("{new}\n^{old}\n")
+    };
+    let mut body = pkt(&format!("{old} {new} {reference}\0report-status\n"));
+    body.extend_from_slice(b"0000");
+    body.extend_from_slice(&pack(client, &revs).await);
+    body
+}
+
+/// Makes `client` a bare repository with one commit of `content`; returns that
+/// commit and the push body creating `refs/heads/main` at it.
+pub async fn client_push(client: &Path, content: &str) -> (String, Vec<u8>) {
+    init_bare(client).await;
+    let c = commit(client, content, &[]).await;
+    let body = push_body(client, ZERO_OID, &c, "refs/heads/main").await;
+    (c, body)
+}
+
+/// What a PostReceivePack call that ended OK returned.
+pub struct Pushed {
+    /// git's report (report-status), all response messages joined.
+    pub report: String,
+    /// The response trailers, `None` when the node sent none.
+    pub trailers: Option<MetadataMap>,
+}
+
+/// Drains a PostReceivePack response; the first error status of the stream.
+pub async fn read_report(
+    mut response: Streaming<v1::PostReceivePackResponse>,
+) -> Result<Pushed, Status> {
+    let mut report = Vec::new();
+    while let Some(m) = response.message().await? {
+        report.extend_from_slice(&m.data);
+    }
+    let trailers = response.trailers().await?;
+    Ok(Pushed {
+        report: String::from_utf8_lossy(&report).into_owned(),
+        trailers,
+    })
+}
+
+/// Sends `messages` as one PostReceivePack call through `client` and drains the
+/// response; the call's or the stream's error status.
+pub async fn receive_pack_on(
+    client: &mut SmartHttpServiceClient<Authed>,
+    messages: Vec<v1::PostReceivePackRequest>,
+) -> Result<Pushed, Status> {
+    let response = client
+        .post_receive_pack(tokio_stream::iter(messages))
+        .await?
+        .into_inner();
+    read_report(response).await
+}
+
+/// Sends `body` to `rel` as a single PostReceivePack message on a new connection
+/// to `node`; the call's or the stream's error status.
+pub async fn receive_pack(node: &TestNode, rel: &str, body: Vec<u8>) -> Result<Pushed, Status> {
+    let message = v1::PostReceivePackRequest {
+        repository: Some(node.repo(rel)),
+        data: body,
+        git_protocol: String::new(),
+    };
+    receive_pack_on(&mut node.smarthttp().await, vec![message]).await
+}
+
+/// Asserts that the push whose report is `report` created `refs/heads/main` of
+/// `rel` on `node` at `commit`: git said `ok` and the node's repository has it.
+pub async fn assert_pushed_main(node: &TestNode, rel: &str, report: &str, commit: &str) {
+    assert!(report.contains("ok refs/heads/main"), "{report}");
+    assert_eq!(
+        git(&node.path(rel), &["rev-parse", "refs/heads/main"], b"").await,
+        commit
+    );
 }
