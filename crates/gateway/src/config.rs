@@ -77,7 +77,7 @@ pub struct Cli {
         long,
         env = "GITCLUSTER_GATEWAY_HEADER_READ_TIMEOUT_SECS",
         default_value_t = 10,
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = positive_secs()
     )]
     pub header_read_timeout_secs: u64,
     /// How long a request body may send nothing before the request is answered 408,
@@ -86,7 +86,7 @@ pub struct Cli {
         long,
         env = "GITCLUSTER_GATEWAY_BODY_IDLE_TIMEOUT_SECS",
         default_value_t = 60,
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = positive_secs()
     )]
     pub body_idle_timeout_secs: u64,
     /// HTTP/2 connections to the upstream, used round-robin: a lost connection costs
@@ -101,6 +101,12 @@ pub struct Cli {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub dump_config: bool,
+}
+
+/// The parser of a timeout flag in whole seconds: at least 1, since a zero bound
+/// would end every connection or request at once.
+fn positive_secs() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
 }
 
 impl Cli {
@@ -277,6 +283,15 @@ mod tests {
         .expect("parse");
         assert!(!cli.push_to_create);
         assert_eq!(cli.listen.port(), 0);
+    }
+
+    #[test]
+    fn timeout_flags_refuse_zero_seconds() {
+        for flag in ["--header-read-timeout-secs", "--body-idle-timeout-secs"] {
+            let parse = |v: &str| Cli::try_parse_from(["gw", "--upstream", "http://x:1", flag, v]);
+            assert!(parse("0").is_err(), "{flag} 0");
+            assert!(parse("1").is_ok(), "{flag} 1");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use gitcluster_gateway::Config;
@@ -239,27 +240,28 @@ async fn slow_body_client(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_hundred_slow_bodies_do_not_break_an_ordinary_push_and_clone() {
-    let cluster = Cluster::builder().storages(1).start().await;
-    let (work, _) = work_tree(&cluster, "work");
-    create_repository(&cluster, "slow.git").await;
-    let gw = gateway(&cluster, |_| {}).await;
-    let st = cluster.storages[0].storage.clone();
+/// With 200 clients sending `slow_path` on `gw` a body byte every 100 ms, three
+/// rounds of an ordinary push of `work` to `url` and a clone of it (into `dir`)
+/// succeed; the slow clients are stopped afterwards and must end cleanly.
+async fn push_and_clone_beside_slow_bodies(
+    gw: &Gateway,
+    slow_path: &str,
+    work: PathBuf,
+    url: String,
+    dir: PathBuf,
+) {
     let stop = tokio_util::sync::CancellationToken::new();
     let slow: Vec<_> = (0..200)
         .map(|_| {
             tokio::spawn(slow_body_client(
                 gw.http,
-                format!("/{st}/slow.git/git-upload-pack"),
+                slow_path.to_owned(),
                 stop.clone(),
             ))
         })
         .collect();
     // Let the slow bodies get going before the ordinary traffic.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let url = format!("http://{}/{st}/p.git", gw.http);
-    let dir = cluster.dir().to_owned();
     let pushed = tokio::task::spawn_blocking(move || {
         for i in 0..3 {
             git::write_random_file(&work.join(format!("f{i}.bin")), 256 * 1024);
@@ -278,6 +280,24 @@ async fn two_hundred_slow_bodies_do_not_break_an_ordinary_push_and_clone() {
     for client in slow {
         client.await.expect("slow client");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_slow_bodies_do_not_break_an_ordinary_push_and_clone() {
+    let cluster = Cluster::builder().storages(1).start().await;
+    let (work, _) = work_tree(&cluster, "work");
+    create_repository(&cluster, "slow.git").await;
+    let gw = gateway(&cluster, |_| {}).await;
+    let st = cluster.storages[0].storage.clone();
+    let url = format!("http://{}/{st}/p.git", gw.http);
+    push_and_clone_beside_slow_bodies(
+        &gw,
+        &format!("/{st}/slow.git/git-upload-pack"),
+        work,
+        url,
+        cluster.dir().to_owned(),
+    )
+    .await;
     gw.stop().await;
 }
 
@@ -292,37 +312,14 @@ async fn two_hundred_slow_bodies_through_the_router_do_not_break_an_ordinary_pus
     .await;
     let url = format!("http://{}/default/p.git", gw.http);
     git::run(&work, &["push", "-q", &url, "main"]);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let slow: Vec<_> = (0..200)
-        .map(|_| {
-            tokio::spawn(slow_body_client(
-                gw.http,
-                "/default/p.git/git-upload-pack".to_owned(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    // Let the slow bodies get going before the ordinary traffic.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let dir = cluster.dir().to_owned();
-    let pushed = tokio::task::spawn_blocking(move || {
-        for i in 0..3 {
-            git::write_random_file(&work.join(format!("f{i}.bin")), 256 * 1024);
-            git::commit_all(&work, &format!("c{i}"));
-            git::run(&work, &["push", "-q", &url, "main"]);
-            let clone = dir.join(format!("clone{i}"));
-            git::run(&dir, &["clone", "-q", &url, &clone.to_string_lossy()]);
-            assert_eq!(
-                git::run(&clone, &["rev-parse", "HEAD"]),
-                git::run(&work, &["rev-parse", "HEAD"])
-            );
-        }
-    });
-    pushed.await.expect("ordinary pushes and clones succeed");
-    stop.cancel();
-    for client in slow {
-        client.await.expect("slow client");
-    }
+    push_and_clone_beside_slow_bodies(
+        &gw,
+        "/default/p.git/git-upload-pack",
+        work,
+        url,
+        cluster.dir().to_owned(),
+    )
+    .await;
     gw.stop().await;
 }
 
