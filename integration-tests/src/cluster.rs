@@ -177,6 +177,15 @@ impl Gateway {
     }
 }
 
+/// A gRPC channel to `address` (`http://host:port`); panics when it cannot connect.
+pub async fn grpc_channel(address: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(address.to_owned())
+        .unwrap_or_else(|e| panic!("address {address}: {e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {address}: {e}"))
+}
+
 /// Waits until the router `router` holds a publisher on the job bus (its
 /// `gitcluster_router_bus_connected` gauge reads 1); jobs of writes made before
 /// that stay pending.
@@ -347,11 +356,7 @@ impl Cluster {
 
     /// A gRPC channel to router `i` (0-based).
     pub async fn router_channel(&self, i: usize) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(self.routers[i].address.clone())
-            .expect("valid address")
-            .connect()
-            .await
-            .expect("connect to router")
+        grpc_channel(&self.routers[i].address).await
     }
 
     /// Interceptor carrying the external (client) token, for calls through a router.
@@ -414,11 +419,7 @@ impl Cluster {
 
     /// A gRPC channel to storage node `i` (0-based).
     pub async fn channel(&self, i: usize) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(self.storages[i].address.clone())
-            .expect("valid address")
-            .connect()
-            .await
-            .expect("connect to storage node")
+        grpc_channel(&self.storages[i].address).await
     }
 
     /// A `Repository` message for `relative_path` on storage node `i`.
@@ -477,6 +478,20 @@ impl Cluster {
                 primary: r.get(2),
                 generation: r.get(3),
             })
+    }
+
+    /// How many rows of `repositories` have `relative_path`, on any virtual storage
+    /// (at most one a virtual storage). Panics without a database.
+    pub async fn repositories_at(&self, relative_path: &str) -> i64 {
+        self.db_client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM repositories WHERE relative_path = $1",
+                &[&relative_path],
+            )
+            .await
+            .expect("count repositories")
+            .get(0)
     }
 
     /// `(storage, generation)` of every replica of repository `id`, sorted by

@@ -89,6 +89,15 @@ pub fn write_random_file(path: &Path, len: usize) {
     std::fs::write(path, data).expect("write random file");
 }
 
+/// Clones `url` quietly into `dir/name` and returns the clone's HEAD commit id;
+/// panics when git fails.
+pub fn clone_head(dir: &Path, url: &str, name: &str) -> String {
+    let clone = dir.join(name);
+    let dest = clone.to_str().expect("UTF-8 path");
+    run(dir, &["clone", "-q", url, dest]);
+    run(&clone, &["rev-parse", "HEAD"])
+}
+
 /// Commits everything in the work tree with `message`; returns the new commit id.
 pub fn commit_all(dir: &Path, message: &str) -> String {
     run(dir, &["add", "-A"]);

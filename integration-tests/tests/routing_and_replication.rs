@@ -15,28 +15,8 @@ use tonic::Code;
 
 /// `(repository_id, replica_path, generation)` of a repository, by relative path.
 async fn repository_row(cluster: &Cluster, path: &str) -> Option<(i64, String, i64)> {
-    let db = cluster.db.as_ref().unwrap().client().await;
-    db.query_opt(
-        "SELECT repository_id, replica_path, generation FROM repositories WHERE relative_path = $1",
-        &[&path],
-    )
-    .await
-    .unwrap()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-}
-
-/// Replica generations by storage.
-async fn replica_generations(cluster: &Cluster, id: i64) -> Vec<(String, i64)> {
-    let db = cluster.db.as_ref().unwrap().client().await;
-    db.query(
-        "SELECT storage, generation FROM storage_repositories WHERE repository_id = $1 ORDER BY storage",
-        &[&id],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect()
+    let r = cluster.repository_record(path).await?;
+    Some((r.id, r.replica_path, r.generation))
 }
 
 async fn node_checksum(
@@ -59,7 +39,7 @@ async fn wait_converged(cluster: &Cluster, path: &str) -> (i64, String) {
         let (id, replica_path, generation) = repository_row(cluster, path)
             .await
             .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
-        let gens = replica_generations(cluster, id).await;
+        let gens = cluster.replica_generations(id).await;
         anyhow::ensure!(
             gens.len() == cluster.storages.len() && gens.iter().all(|(_, g)| *g == generation),
             "generation {generation}, replicas {gens:?}"
@@ -155,13 +135,8 @@ async fn push_through_router_reaches_every_replica_and_reads_spread_and_survive_
         .await
         .unwrap_or_else(|e| panic!("read {i} with a replica down: {e:?}"));
     }
-    let clone = cluster.dir().join("clone-after-kill");
-    git::run(
-        cluster.dir(),
-        &["clone", "-q", &url, clone.to_str().unwrap()],
-    );
     assert_eq!(
-        git::run(&clone, &["rev-parse", "HEAD"]),
+        git::clone_head(cluster.dir(), &url, "clone-after-kill"),
         git::run(&work, &["rev-parse", "HEAD"])
     );
     let _ = id;
@@ -201,16 +176,11 @@ async fn concurrent_creates_one_wins_recreate_gets_new_id_and_rename_moves_no_by
         codes.contains(&Code::Ok) && codes.contains(&Code::AlreadyExists),
         "{codes:?}"
     );
-    let db = cluster.db.as_ref().unwrap().client().await;
-    let rows: i64 = db
-        .query_one(
-            "SELECT count(*) FROM repositories WHERE relative_path = 'race.git'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rows, 1, "the loser leaves no metadata");
+    assert_eq!(
+        cluster.repositories_at("race.git").await,
+        1,
+        "the loser leaves no metadata"
+    );
     let (first_id, first_path, _) = repository_row(&cluster, "race.git").await.unwrap();
 
     // Delete, then re-create the same path: a different repository.
@@ -337,7 +307,7 @@ async fn replicator_killed_mid_backlog_converges_after_restart_and_duplicates_ar
         source_storage: row.get(3),
         target_storage: row.get(2),
     };
-    let before = replica_generations(&cluster, job.repository_id).await;
+    let before = cluster.replica_generations(job.repository_id).await;
     let conn = gitcluster_common::bus::connect(&gitcluster_integration_tests::amqp_url(), "test")
         .await
         .unwrap();
@@ -373,10 +343,7 @@ async fn replicator_killed_mid_backlog_converges_after_restart_and_duplicates_ar
         .unwrap()
         .get(0);
     assert_eq!(state, "done");
-    assert_eq!(
-        replica_generations(&cluster, job.repository_id).await,
-        before
-    );
+    assert_eq!(cluster.replica_generations(job.repository_id).await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,7 +409,7 @@ async fn job_for_a_dead_target_retries_with_growing_delays_then_dead_letters() {
     );
     // The other secondary still got the write; the dead one stays behind.
     let (_, _, generation) = repository_row(&cluster, "doomed.git").await.unwrap();
-    let gens = replica_generations(&cluster, id).await;
+    let gens = cluster.replica_generations(id).await;
     assert_eq!(
         gens.iter().filter(|(_, g)| *g == generation).count(),
         2,

@@ -43,6 +43,15 @@ fn work_repo(cluster: &Cluster, name: &str, branch: &str) -> PathBuf {
     work
 }
 
+/// A work repository `w` with one commit on `main`, pushed through the gateway to
+/// `path` (push-to-create): its work tree and the URL pushed to.
+fn pushed_repo(cluster: &Cluster, path: &str) -> (PathBuf, String) {
+    let work = work_repo(cluster, "w", "main");
+    let url = cluster.repo_url(path);
+    git::run(&work, &["push", "-q", &url, "main"]);
+    (work, url)
+}
+
 /// `(generation, jobs)` of a repository: its generation and how many replication
 /// jobs it ever had. `None` when there is no such repository.
 async fn generation_and_jobs(cluster: &Cluster, path: &str) -> Option<(i64, i64)> {
@@ -140,12 +149,7 @@ async fn a_vanishing_first_push_cannot_remove_another_clients_push() {
         );
         Ok(())
     });
-    let clone = cluster.dir().join("clone");
-    git::run(
-        cluster.dir(),
-        &["clone", "-q", &url, clone.to_str().unwrap()],
-    );
-    assert_eq!(git::run(&clone, &["rev-parse", "HEAD"]), head);
+    assert_eq!(git::clone_head(cluster.dir(), &url, "clone"), head);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,13 +196,8 @@ async fn an_aborted_first_push_and_a_probe_leave_no_repository() {
         &work,
         &["-c", "http.postBuffer=65536", "push", "-q", &url, "main"],
     );
-    let clone = cluster.dir().join("clone");
-    git::run(
-        cluster.dir(),
-        &["clone", "-q", &url, clone.to_str().unwrap()],
-    );
     assert_eq!(
-        git::run(&clone, &["rev-parse", "HEAD"]),
+        git::clone_head(cluster.dir(), &url, "clone"),
         git::run(&work, &["rev-parse", "HEAD"])
     );
 }
@@ -206,9 +205,7 @@ async fn an_aborted_first_push_and_a_probe_leave_no_repository() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_that_change_nothing_bump_nothing_and_queue_nothing() {
     let cluster = cluster(3, 1).await;
-    let work = work_repo(&cluster, "w", "main");
-    let url = cluster.repo_url("same.git");
-    git::run(&work, &["push", "-q", &url, "main"]);
+    let (work, url) = pushed_repo(&cluster, "same.git");
     let (first, jobs) = generation_and_jobs(&cluster, "same.git").await.unwrap();
 
     // A push over http.postBuffer: the probe plus one real POST is one write.
@@ -271,15 +268,11 @@ async fn a_mirror_of_a_master_only_repository_clones_with_master_checked_out() {
         "refs/heads/master"
     );
     // Every replica agrees: the change is a recorded write that replicates.
-    let db = cluster.db.as_ref().unwrap().client().await;
-    let replica_path: String = db
-        .query_one(
-            "SELECT replica_path FROM repositories WHERE relative_path = 'mirror.git'",
-            &[],
-        )
+    let replica_path = cluster
+        .repository_record("mirror.git")
         .await
         .unwrap()
-        .get(0);
+        .replica_path;
     for node in &cluster.storages {
         let dir = node.root.join(&replica_path);
         eventually!("every replica's HEAD is master", {
@@ -445,15 +438,53 @@ async fn job_timestamps_follow_the_order_of_events() {
     }
 }
 
-/// Backends of the cluster's database waiting for a lock.
-async fn waiting_on_a_lock(db: &tokio_postgres::Client) -> i64 {
-    db.query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
+/// The lock of one `repositories` row, held in an open transaction (a write's record
+/// needs it), and a second connection that sees who waits for it.
+struct RowLock {
+    holder: tokio_postgres::Client,
+    watcher: tokio_postgres::Client,
+}
+
+impl RowLock {
+    /// Locks the row of `path` (`SELECT ... FOR UPDATE` in a transaction left open).
+    async fn hold(cluster: &Cluster, path: &str) -> RowLock {
+        let holder = cluster.db_client().await;
+        holder.batch_execute("BEGIN").await.unwrap();
+        holder
+            .execute(
+                "SELECT 1 FROM repositories WHERE relative_path = $1 FOR UPDATE",
+                &[&path],
+            )
+            .await
+            .unwrap();
+        RowLock {
+            holder,
+            watcher: cluster.db_client().await,
+        }
+    }
+
+    /// Waits until a backend of the cluster's database waits for a lock: the
+    /// router's record stuck behind this one.
+    async fn wait_for_a_waiter(&self) {
+        eventually!("the router's record waits for the lock", {
+            let waiting: i64 = self
+                .watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            anyhow::ensure!(waiting > 0, "not waiting yet");
+            Ok(())
+        });
+    }
+
+    /// Commits the transaction, freeing the row.
+    async fn release(self) {
+        self.holder.batch_execute("COMMIT").await.unwrap();
+    }
 }
 
 /// Starts `git push` with stderr to a file.
@@ -470,29 +501,15 @@ fn spawn_push(work: &Path, url: &str, stderr: &Path) -> std::process::Child {
 async fn git_hears_of_success_only_once_the_write_is_recorded() {
     let mut cluster = cluster(2, 0).await;
     cluster.expect_error("not recorded");
-    let work = work_repo(&cluster, "w", "main");
-    let url = cluster.repo_url("held.git");
-    git::run(&work, &["push", "-q", &url, "main"]);
-    let db_url = cluster.db.as_ref().unwrap();
+    let (work, url) = pushed_repo(&cluster, "held.git");
     for fail in [false, true] {
         std::fs::write(work.join("n.txt"), format!("{fail}\n")).unwrap();
         git::commit_all(&work, "next");
         // Stall the record: hold the repository row's lock the record needs.
-        let mut holder = db_url.client().await;
-        let watcher = db_url.client().await;
-        let tx = holder.transaction().await.unwrap();
-        tx.execute(
-            "SELECT 1 FROM repositories WHERE relative_path = 'held.git' FOR UPDATE",
-            &[],
-        )
-        .await
-        .unwrap();
+        let lock = RowLock::hold(&cluster, "held.git").await;
         let stderr = cluster.dir().join(format!("push-{fail}.err"));
         let mut push = spawn_push(&work, &url, &stderr);
-        eventually!("the router's record waits for the lock", {
-            anyhow::ensure!(waiting_on_a_lock(&watcher).await > 0, "not waiting yet");
-            Ok(())
-        });
+        lock.wait_for_a_waiter().await;
         // The primary applied the push; git must not know yet. That is an absence,
         // which polling cannot show: a router answering before its record would have
         // sent the report already, so give it a bounded time to travel through the
@@ -509,14 +526,15 @@ async fn git_hears_of_success_only_once_the_write_is_recorded() {
         );
         if fail {
             // The record cannot land: the repository is gone when the lock frees.
-            tx.execute(
-                "DELETE FROM repositories WHERE relative_path = 'held.git'",
-                &[],
-            )
-            .await
-            .unwrap();
+            lock.holder
+                .execute(
+                    "DELETE FROM repositories WHERE relative_path = 'held.git'",
+                    &[],
+                )
+                .await
+                .unwrap();
         }
-        tx.commit().await.unwrap();
+        lock.release().await;
         let status = tokio::task::spawn_blocking(move || push.wait().unwrap())
             .await
             .unwrap();
@@ -557,24 +575,13 @@ fn push_body(work: &Path, old: &str, new: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_push_gets_no_answer_until_its_write_is_recorded() {
     let cluster = cluster(2, 0).await;
-    let work = work_repo(&cluster, "w", "main");
-    let url = cluster.repo_url("grpc.git");
-    git::run(&work, &["push", "-q", &url, "main"]);
+    let (work, _) = pushed_repo(&cluster, "grpc.git");
     let old = git::run(&work, &["rev-parse", "HEAD"]);
     std::fs::write(work.join("n.txt"), "next\n").unwrap();
     let new = git::commit_all(&work, "next");
     let body = push_body(&work, &old, &new);
 
-    let db = cluster.db.as_ref().unwrap();
-    let mut holder = db.client().await;
-    let watcher = db.client().await;
-    let tx = holder.transaction().await.unwrap();
-    tx.execute(
-        "SELECT 1 FROM repositories WHERE relative_path = 'grpc.git' FOR UPDATE",
-        &[],
-    )
-    .await
-    .unwrap();
+    let lock = RowLock::hold(&cluster, "grpc.git").await;
     let mut client = SmartHttpServiceClient::with_interceptor(
         cluster.router_channel(0).await,
         cluster.external_auth(),
@@ -589,17 +596,14 @@ async fn a_grpc_push_gets_no_answer_until_its_write_is_recorded() {
         .await
         .unwrap()
         .into_inner();
-    eventually!("the router's record waits for the lock", {
-        anyhow::ensure!(waiting_on_a_lock(&watcher).await > 0, "not waiting yet");
-        Ok(())
-    });
+    lock.wait_for_a_waiter().await;
     // The primary applied the push; nothing of its report may reach the client yet.
     let early = tokio::time::timeout(Duration::from_millis(500), answer.message()).await;
     assert!(
         early.is_err(),
         "the report arrived before the record: {early:?}"
     );
-    tx.commit().await.unwrap();
+    lock.release().await;
     let mut report = Vec::new();
     while let Some(m) = answer.message().await.unwrap() {
         report.extend(m.data);
