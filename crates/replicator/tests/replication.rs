@@ -16,6 +16,7 @@ use gitcluster_common::bus::lapin::options::{
 use gitcluster_common::bus::lapin::types::FieldTable;
 use gitcluster_common::bus::lapin::{BasicProperties, Channel, Connection};
 use gitcluster_common::bus::{self, Destination, Envelope, Publisher};
+use gitcluster_integration_tests::bus::delete_topology;
 use gitcluster_integration_tests::{
     Cluster, Member, TestDb, amqp_url, binary, eventually, git, http_get, metric_sum, scratch_dir,
 };
@@ -200,27 +201,8 @@ impl Bus {
 
     /// Deletes every queue and exchange of the prefix.
     async fn delete(self) {
-        let mut queues = vec![
-            self.names.replication_queue(VS, "gitaly-1"),
-            self.names.replication_queue(VS, "gitaly-2"),
-            self.names.dead_letter(),
-        ];
-        let mut exchanges = vec![self.names.replication_exchange(), self.names.dead_letter()];
-        for &d in &self.delays {
-            queues.push(self.names.retry_exchange(d));
-            exchanges.push(self.names.retry_exchange(d));
-        }
-        let ch = self.conn.create_channel().await.unwrap();
-        for q in queues {
-            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .unwrap();
-        }
-        for e in exchanges {
-            ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                .await
-                .unwrap();
-        }
+        let storages = ["gitaly-1".to_owned(), "gitaly-2".to_owned()];
+        delete_topology(&self.prefix(), &storages, &self.delays);
         let _ = self.conn.close(200, "done".into()).await;
     }
 }

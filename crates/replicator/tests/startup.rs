@@ -63,36 +63,12 @@ async fn migrated_database_serves_healthz_and_sigterm_exits_cleanly() {
         "clean exit after SIGTERM:\n{}",
         replicator.log()
     );
-    delete_base_topology(&prefix).await;
+    delete_base_topology(&prefix);
 }
 
 /// Deletes what the replicator declared under `prefix` with its default retry delays.
-async fn delete_base_topology(prefix: &str) {
-    use gitcluster_common::bus::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let names = gitcluster_proto::jobs::BusNames::new(prefix);
-    let url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let conn = gitcluster_common::bus::connect(&url, "replicator-test")
-        .await
-        .expect("RabbitMQ reachable");
-    let ch = conn.create_channel().await.expect("channel");
-    let mut tiers: Vec<String> = [1000, 5000, 30000, 120000]
-        .iter()
-        .map(|&d| names.retry_exchange(d))
-        .collect();
-    tiers.push(names.dead_letter());
-    for q in &tiers {
-        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .expect("delete queue");
-    }
-    tiers.push(names.replication_exchange());
-    for e in &tiers {
-        ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .expect("delete exchange");
-    }
-    let _ = conn.close(200, "done".into()).await;
+fn delete_base_topology(prefix: &str) {
+    gitcluster_integration_tests::bus::delete_topology(prefix, &[], &[1000, 5000, 30000, 120000]);
 }
 
 #[test]

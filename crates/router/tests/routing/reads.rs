@@ -4,12 +4,12 @@
 use gitcluster_integration_tests::{eventually, metric_sum};
 use gitcluster_proto::auth::BearerToken;
 use gitcluster_proto::v1::object_service_client::ObjectServiceClient;
-use gitcluster_proto::v1::{FindCommitRequest, ListRefsRequest, SetDefaultBranchRequest};
+use gitcluster_proto::v1::{FindCommitRequest, ListRefsRequest};
 use tonic::Code;
 
 use crate::support::{
     Options, STORAGES, Seeded, TestRouter, cluster, create, create_with_main, db, read,
-    reads_avoid_gitaly_2, reads_on, record, repo,
+    reads_avoid_gitaly_2, reads_on, record, repo, set_default_branch,
 };
 
 /// Uncompressed unary and server-streaming reads take the router's fast path (raw
@@ -197,14 +197,7 @@ async fn reads_survive_a_killed_replica() {
         anyhow::ensure!(down, "gitaly-2 still answered the last probe");
         Ok(())
     });
-    let write = router
-        .ref_client()
-        .await
-        .set_default_branch(SetDefaultBranchRequest {
-            repository: Some(repo("k.git")),
-            name: "refs/heads/main".into(),
-        })
-        .await;
+    let write = set_default_branch(&router, "k.git", "refs/heads/main").await;
     if primary == "gitaly-2" {
         let err = write.expect_err("primary down");
         assert_eq!(err.code(), Code::Unavailable);

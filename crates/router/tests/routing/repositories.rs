@@ -102,16 +102,7 @@ async fn concurrent_creates_of_one_path_leave_one_repository() {
     ];
     codes.sort_by_key(|c| *c as i32);
     assert_eq!(codes, vec![Code::Ok, Code::AlreadyExists]);
-    let client = db(&cluster).await;
-    let rows: i64 = client
-        .query_one(
-            "SELECT count(*) FROM repositories WHERE relative_path = 'race.git'",
-            &[],
-        )
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(rows, 1);
+    assert_eq!(cluster.repositories_at("race.git").await, 1);
     let (id, replica_path, _, _) = record(&cluster, "race.git").await.expect("record");
     assert_eq!(generations(&cluster, id).await.len(), 3);
     // Only the winner's replicas remain on disk.

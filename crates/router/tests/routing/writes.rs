@@ -5,12 +5,12 @@
 use gitcluster_integration_tests::bus::queue_depth;
 use gitcluster_integration_tests::{Cluster, eventually, metric_sum};
 use gitcluster_proto::jobs::BusNames;
+use gitcluster_proto::v1::UpdateReferencesRequest;
 use gitcluster_proto::v1::update_references_request::Update;
-use gitcluster_proto::v1::{SetDefaultBranchRequest, UpdateReferencesRequest};
 
 use crate::support::{
     Options, STORAGES, Seeded, TestRouter, cluster, create, create_with_main, db, generations,
-    record, replica_dir, repo, seeded,
+    record, replica_dir, repo, seeded, set_default_branch,
 };
 
 /// Starts setting `main` of `path` to `oid` through the router while every
@@ -207,13 +207,7 @@ async fn update_references_bumps_the_primary_and_publishes_one_job_per_other_rep
     );
 
     // The primary is up to date, so a second write goes through too.
-    router
-        .ref_client()
-        .await
-        .set_default_branch(SetDefaultBranchRequest {
-            repository: Some(repo("w.git")),
-            name: "refs/heads/other".into(),
-        })
+    set_default_branch(&router, "w.git", "refs/heads/other")
         .await
         .expect("second write");
     assert_eq!(record(&cluster, "w.git").await.expect("record").3, 2);
@@ -232,13 +226,7 @@ async fn writes_succeed_with_the_bus_down_and_jobs_stay_pending() {
     )
     .await;
     create(&router, "nobus.git").await;
-    router
-        .ref_client()
-        .await
-        .set_default_branch(SetDefaultBranchRequest {
-            repository: Some(repo("nobus.git")),
-            name: "refs/heads/other".into(),
-        })
+    set_default_branch(&router, "nobus.git", "refs/heads/other")
         .await
         .expect("write without a broker");
     let (id, _, _, generation) = record(&cluster, "nobus.git").await.expect("record");
@@ -306,13 +294,7 @@ async fn the_job_bus_connection_is_reopened_after_the_broker_closes_it() {
     });
 
     create(&router, "rebus.git").await;
-    router
-        .ref_client()
-        .await
-        .set_default_branch(SetDefaultBranchRequest {
-            repository: Some(repo("rebus.git")),
-            name: "refs/heads/other".into(),
-        })
+    set_default_branch(&router, "rebus.git", "refs/heads/other")
         .await
         .expect("write after the reconnect");
     let (id, _, _, _) = record(&cluster, "rebus.git").await.expect("record");

@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use gitcluster_integration_tests::{
-    Cluster, Member, amqp_url, eventually, free_port, git, wait_router_on_bus,
+    Cluster, Member, amqp_url, eventually, free_port, git, grpc_channel, wait_router_on_bus,
 };
 use gitcluster_proto::auth::BearerToken;
 use gitcluster_proto::v1::ref_service_client::RefServiceClient;
 use gitcluster_proto::v1::repository_service_client::RepositoryServiceClient;
 use gitcluster_proto::v1::update_references_request::Update;
 use gitcluster_proto::v1::{
-    CreateRepositoryRequest, FindDefaultBranchRequest, Repository, UpdateReferencesRequest,
+    CreateRepositoryRequest, FindDefaultBranchRequest, Repository, SetDefaultBranchRequest,
+    UpdateReferencesRequest,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -113,11 +114,7 @@ impl TestRouter {
 
     /// A channel to the router.
     pub async fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(self.address.clone())
-            .expect("address")
-            .connect()
-            .await
-            .expect("connect to router")
+        grpc_channel(&self.address).await
     }
 
     /// Repository client presenting `token`.
@@ -319,6 +316,23 @@ pub async fn create_with_main(cluster: &Cluster, router: &TestRouter, path: &str
         .await
         .expect("update references through the router");
     seeded
+}
+
+/// SetDefaultBranch of `path` to `name` through the router: a write.
+pub async fn set_default_branch(
+    router: &TestRouter,
+    path: &str,
+    name: &str,
+) -> Result<(), tonic::Status> {
+    router
+        .ref_client()
+        .await
+        .set_default_branch(SetDefaultBranchRequest {
+            repository: Some(repo(path)),
+            name: name.into(),
+        })
+        .await
+        .map(drop)
 }
 
 /// FindDefaultBranch of `path` through the router, with the primary-only routing
