@@ -17,6 +17,7 @@ pub struct ClusterBuilder {
     routers: usize,
     replicators: usize,
     replicator_args: Vec<String>,
+    gateway_args: Vec<String>,
 }
 
 /// Virtual storage the harness puts every storage node in when a database is used.
@@ -51,6 +52,11 @@ impl ClusterBuilder {
     /// Also start a gateway pointed at storage node 1.
     pub fn gateway(mut self) -> Self {
         self.gateway = true;
+        self
+    }
+    /// Extra command-line argument for the gateway, e.g. `--body-idle-timeout-secs=3`.
+    pub fn gateway_arg(mut self, arg: &str) -> Self {
+        self.gateway_args.push(arg.to_owned());
         self
     }
     /// Require client credentials at the gateway.
@@ -134,7 +140,9 @@ impl ClusterBuilder {
                 ),
             };
             let (mut member, port) = cluster.gateway_member("gateway", &upstream, &token);
-            member = member.arg(format!("--push-to-create={}", self.push_to_create));
+            member = member
+                .arg(format!("--push-to-create={}", self.push_to_create))
+                .args(self.gateway_args.iter().cloned());
             if let Some(t) = &self.gateway_auth {
                 member = member.env("GITCLUSTER_GATEWAY_AUTH_TOKEN", t);
             }
@@ -263,6 +271,7 @@ impl Cluster {
             routers: 0,
             replicators: 0,
             replicator_args: Vec::new(),
+            gateway_args: Vec::new(),
         }
     }
 
