@@ -131,7 +131,7 @@ async fn a_hundred_idle_pushes_through_the_gateway_do_not_block_a_push_and_are_c
         String::from_utf8_lossy(&out.stderr)
     );
     let remote = git::run(
-        &cluster.dir(),
+        cluster.dir(),
         &[
             "ls-remote",
             &cluster.repo_url("other.git"),
@@ -182,7 +182,7 @@ async fn a_hundred_idle_pushes_through_the_gateway_do_not_block_a_push_and_are_c
         Ok(())
     });
     let remote = git::run(
-        &cluster.dir(),
+        cluster.dir(),
         &[
             "ls-remote",
             &cluster.repo_url("busy.git"),
